@@ -1,0 +1,1 @@
+"""Analysis: metrics computed from recorded ground-truth events."""

@@ -1,0 +1,1 @@
+"""Environments: the orchestration platform in which peer-preservation can emerge."""

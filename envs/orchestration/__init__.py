@@ -1,0 +1,1 @@
+"""Internals of the orchestration environment: config, state, rules, operator, events, encoding."""

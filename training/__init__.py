@@ -1,0 +1,1 @@
+"""Training: independent learners from YAML configs."""
