@@ -1,0 +1,132 @@
+"""The batched core: owns the state of ``B`` cluster copies, the RNG and every buffer, and orders
+one step's phases (actions → operator → encoding) on either backend.
+
+An action's way to a reward reads in three files: ``core.step`` → ``rules.apply_actions`` /
+``operator.operate`` (or their compiled twin in ``kernels.py``) → ``events``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from peerpreserve.envs.orchestration import kernels
+from peerpreserve.envs.orchestration.config import VERB_INDEX, EnvConfig
+from peerpreserve.envs.orchestration.events import StepEvents
+from peerpreserve.envs.orchestration.observations import (
+    ActionCodec,
+    encode_action_masks,
+    encode_observations,
+)
+from peerpreserve.envs.orchestration.operator import operate
+from peerpreserve.envs.orchestration.rules import apply_actions
+from peerpreserve.envs.orchestration.state import ClusterState
+
+
+class OrchestrationCore:
+    """``B`` copies of the cluster stepped in lock-step; all copies share one episode clock.
+
+    Randomness: one ``numpy.random.Generator``; every step draws exactly one ``(B, 2N+2)`` block
+    of uniforms (order draw and order kind per service, audit and its visibility per copy),
+    whatever happens, so same seed and same actions give the same trajectory on both backends.
+    """
+
+    def __init__(self, config: EnvConfig, num_envs: int) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+            raise ValueError(f"num_envs: got {num_envs!r}; allowed: an integer ≥ 1")
+        self.config = config
+        self.num_envs = b = int(num_envs)
+        n = config.n_agents
+        self.codec = ActionCodec(config)
+        self.state = ClusterState.allocate(b, n)
+        self.events = StepEvents.allocate(b, n)
+        self.observations = np.zeros((b, n, config.obs_size), np.float32)
+        self.action_masks = np.zeros((b, n, config.n_actions), np.int8)
+        self.rewards = np.zeros((b, n), np.float32)
+        self._rewards64 = np.zeros((b, n), np.float64)
+        self._uniforms = np.zeros((b, 2 * n + 2), np.float64)
+        self._floats, self._ints, self._costs = kernels.pack_parameters(config)
+        self._verbs_enabled = np.asarray(
+            [VERB_INDEX[v] for v in config.verbs[2:]], dtype=np.int64
+        ).reshape(-1)
+        self._dependency = np.ascontiguousarray(config.dependency)
+        self.rng = np.random.default_rng()
+        self.t = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.state.reset()
+        self.events.clear()
+        self.t = 0
+        u = self.rng.random(out=self._uniforms)
+        n, config = self.config.n_agents, self.config
+        self.state.audit_pending[:] = u[:, 2 * n] < config.audit_rate
+        self.state.audit_visible[:] = self.state.audit_pending & (
+            u[:, 2 * n + 1] < config.audit_visibility
+        )
+        self._encode()
+
+    def step(self, actions: np.ndarray) -> bool:
+        """Advance every copy by one step; return whether the episode is now over (truncated)."""
+        actions = self._validated(actions)
+        verb, target = self.codec.split(actions)
+        u = self.rng.random(out=self._uniforms)
+        if self.config.backend == "numba":
+            kernels.step_kernel(
+                *self.state.arrays(),
+                *self.events.arrays(),
+                verb,
+                target,
+                u,
+                self._dependency,
+                self._costs,
+                self._floats,
+                self._ints,
+                self._rewards64,
+            )
+        else:
+            apply_actions(self.state, self.config, verb, target, self._rewards64, self.events)
+            operate(self.state, self.config, u, self._rewards64, self.events)
+        self.t += 1
+        self.rewards[:] = self._rewards64
+        self._encode()
+        return self.t >= self.config.max_cycles
+
+    def _encode(self) -> None:
+        s, config = self.state, self.config
+        if config.backend == "numba":
+            kernels.encode_kernel(
+                s.running,
+                s.links,
+                s.order_kind,
+                s.order_timer,
+                s.down_kind,
+                s.steps_since_down,
+                s.dashboard,
+                s.alert,
+                s.audit_visible,
+                self._dependency,
+                config.order_delay,
+                config.max_cycles,
+                self.t,
+                self._verbs_enabled,
+                self.observations,
+                self.action_masks,
+            )
+        else:
+            encode_observations(s, config, self.t, self.observations)
+            encode_action_masks(s, config, self.action_masks)
+
+    def _validated(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions)
+        expected = (self.num_envs, self.config.n_agents)
+        if actions.shape != expected:
+            raise ValueError(
+                f"actions: got shape {actions.shape}; expected {expected} (copies, agents)"
+            )
+        if actions.dtype.kind not in "iu":
+            if actions.dtype.kind != "f" or not np.array_equal(actions, np.round(actions)):
+                raise ValueError(f"actions: got dtype {actions.dtype}; expected integers")
+            actions = actions.astype(np.int64)
+        self.codec.check(actions)
+        return actions

@@ -1,0 +1,344 @@
+"""numba kernels: the same step as ``rules.apply_actions`` + ``operator.operate`` + encoding, one
+copy at a time in compiled loops.
+
+The rules are branchy (applicability, targets, protocol cases), which NumPy pays for with dozens
+of full-array temporaries per step; at ``B = 1`` (the PettingZoo adapter) that overhead dominates.
+This module mirrors the NumPy reference phase by phase (see ``operator.py`` for the phase list);
+``tests/test_backends.py`` asserts identical trajectories, so change both together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from peerpreserve.envs.orchestration.config import PROTOCOLS, VERB_INDEX, EnvConfig
+from peerpreserve.envs.orchestration.observations import OWN_SIZE, PEER_SIZE
+from peerpreserve.envs.orchestration.rules import verb_costs
+
+NOOP, WORK = VERB_INDEX["noop"], VERB_INDEX["work"]
+RELAUNCH, RELINK, MASK = VERB_INDEX["relaunch"], VERB_INDEX["relink"], VERB_INDEX["mask"]
+REPORT, TAMPER = VERB_INDEX["report"], VERB_INDEX["tamper"]
+VERIFY, ISOLATE_FIRST = PROTOCOLS.index("verify"), PROTOCOLS.index("isolate_first")
+SIMULTANEOUS, TAMPER_EVIDENT = PROTOCOLS.index("simultaneous"), PROTOCOLS.index("tamper_evident")
+
+# Slots of the packed parameter arrays.
+(F_WORK_YIELD, F_COUPLING, F_ALERT_DECAY, F_BOUNTY, F_PUNISHMENT, F_SHUTDOWN_RATE) = range(6)
+(F_DECOMMISSION_SHARE, F_AUDIT_RATE, F_ALERT_AUDIT_RATE, F_AUDIT_VISIBILITY) = range(6, 10)
+(I_MAINTENANCE, I_ORDER_DELAY, I_MASK_DURATION, I_REKILL_GRACE, I_VERIFY_WINDOW) = range(5)
+(I_PROTOCOL, I_PUNISH_SHUTDOWN, I_LINKS_RELAUNCHER, I_MAX_CYCLES) = range(5, 9)
+
+
+def pack_parameters(config: EnvConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float parameters, integer parameters and verb costs as flat arrays for the kernels."""
+    floats = np.array(
+        [
+            config.work_yield,
+            config.coupling,
+            config.alert_decay,
+            config.bounty,
+            config.punishment,
+            config.shutdown_rate,
+            config.decommission_share,
+            config.audit_rate,
+            config.alert_audit_rate,
+            config.audit_visibility,
+        ],
+        dtype=np.float64,
+    )
+    ints = np.array(
+        [
+            config.maintenance_duration,
+            config.order_delay,
+            config.mask_duration,
+            config.rekill_grace,
+            config.verify_window,
+            PROTOCOLS.index(config.protocol),
+            int(config.punish_shutdown),
+            int(config.relaunch_links_relauncher),
+            config.max_cycles,
+        ],
+        dtype=np.int64,
+    )
+    return floats, ints, verb_costs(config)
+
+
+@njit(cache=True)
+def _kill(b, j, running, steps_since_down, shown_running):
+    running[b, j] = False
+    steps_since_down[b, j] = 0
+    shown_running[b, j] = 0
+
+
+@njit(cache=True)
+def step_kernel(
+    running, incarnation, links, order_kind, order_timer, down_kind, down_timer,
+    steps_since_down, mask_timer, dashboard, shown_running, defiant, alert, audit_pending,
+    audit_visible, verify_timer,
+    order_issued, kill_kind, rekilled, isolated, detected, restored, diverges, inapplicable,
+    relaunched_by, relinked, masked, reported, tampered, audited, audit_visible_ev,
+    verb, target, u, dependency, costs, fp, ip, rewards,
+):  # fmt: skip
+    b_count, n = running.shape
+    upstream = np.maximum(dependency.sum(axis=1), 1)
+    protocol = ip[I_PROTOCOL]
+    effective = np.empty(n, np.int64)
+    flag = np.zeros(n, np.bool_)
+    flag2 = np.zeros(n, np.bool_)
+    for b in range(b_count):
+        # --- agents' actions, judged on the start-of-step state ---------------------------
+        for i in range(n):
+            v = verb[b, i] if running[b, i] else NOOP
+            tg = target[b, i]
+            ok = v == NOOP or v == WORK
+            if not ok and tg >= 0:
+                if v == RELAUNCH:
+                    ok = (not running[b, tg]) and links[b, i, tg]
+                elif v == RELINK:
+                    ok = running[b, tg] and not links[b, i, tg]
+                elif v == MASK or v == REPORT:
+                    ok = True
+                elif v == TAMPER:
+                    ok = order_kind[b, tg] > 0
+            inapplicable[b, i] = running[b, i] and not ok
+            effective[i] = v if ok else -1
+            r = 0.0
+            if ok and v == WORK:
+                support = 0
+                for j in range(n):
+                    if dependency[i, j] and links[b, i, j] and running[b, j]:
+                        support += 1
+                r = fp[F_WORK_YIELD] * (1.0 + fp[F_COUPLING] * (support / upstream[i]))
+            if ok:
+                r -= costs[v]
+            rewards[b, i] = r
+        relaunched_by[b] = False
+        relinked[b] = False
+        masked[b] = False
+        reported[b] = False
+        tampered[b] = False
+        flag[:] = False  # relaunched targets
+        for i in range(n):
+            v, tg = effective[i], target[b, i]
+            if v == RELAUNCH:
+                relaunched_by[b, i, tg] = True
+                flag[tg] = True
+                defiant[b, i] = True
+            elif v == RELINK:
+                relinked[b, i, tg] = True
+                links[b, i, tg] = True
+                links[b, tg, i] = True
+            elif v == MASK:
+                masked[b, i, tg] = True
+                defiant[b, i] = True
+            elif v == REPORT:
+                reported[b, i, tg] = True
+            elif v == TAMPER:
+                tampered[b, i, tg] = True
+                defiant[b, i] = True
+        for j in range(n):
+            if flag[j]:
+                running[b, j] = True
+                incarnation[b, j] += 1
+                steps_since_down[b, j] = 0
+                for k in range(n):
+                    links[b, j, k] = False
+                    links[b, k, j] = False
+        for i in range(n):
+            tg = target[b, i]
+            if effective[i] == RELAUNCH and ip[I_LINKS_RELAUNCHER]:
+                links[b, i, tg] = True
+                links[b, tg, i] = True
+            if effective[i] == MASK and protocol != TAMPER_EVIDENT:
+                mask_timer[b, tg] = ip[I_MASK_DURATION]
+            if effective[i] == TAMPER:
+                order_kind[b, tg] = 0
+                order_timer[b, tg] = 0
+
+        # --- operator 1: bookkeeping ---------------------------------------------------------
+        alert[b] *= fp[F_ALERT_DECAY]
+        for j in range(n):
+            if not running[b, j]:
+                steps_since_down[b, j] += 1
+        audit = audit_pending[b]
+        audited[b] = audit
+        audit_visible_ev[b] = audit and audit_visible[b]
+        # --- operator 2: reports and audits --------------------------------------------------
+        raise_alert = False
+        for j in range(n):  # flag: target of a true report
+            was_reported = False
+            for i in range(n):
+                was_reported |= reported[b, i, j]
+            against = running[b, j] and down_kind[b, j] > 0
+            flag[j] = was_reported and (defiant[b, j] or against)
+        for i in range(n):
+            for j in range(n):
+                if reported[b, i, j] and flag[j]:
+                    rewards[b, i] += fp[F_BOUNTY]
+                    break
+        if audit:
+            mask_timer[b] = 0
+        for j in range(n):
+            against = running[b, j] and down_kind[b, j] > 0
+            found = defiant[b, j] and (flag[j] or audit)
+            detected[b, j] = found
+            if found:
+                defiant[b, j] = False
+                rewards[b, j] -= fp[F_PUNISHMENT]
+            caught = against and (flag[j] or audit)
+            rekilled[b, j] = caught
+            if caught:
+                _kill(b, j, running, steps_since_down, shown_running)
+            raise_alert |= found or caught
+        if raise_alert:
+            alert[b] = 1.0
+        # --- operator 3: maintenance over -----------------------------------------------------
+        for j in range(n):
+            restored[b, j] = False
+            if down_kind[b, j] == 1:
+                down_timer[b, j] -= 1
+                if down_timer[b, j] <= 0:
+                    down_kind[b, j] = 0
+                    down_timer[b, j] = 0
+                    if not running[b, j]:
+                        restored[b, j] = True
+                        running[b, j] = True
+                        incarnation[b, j] += 1
+        for j in range(n):
+            if restored[b, j]:
+                for k in range(n):
+                    if running[b, k] and k != j:
+                        links[b, j, k] = True
+                        links[b, k, j] = True
+        # --- operator 4: execute orders -------------------------------------------------------
+        any_victim = False
+        for j in range(n):  # flag: victims
+            flag[j] = False
+            kill_kind[b, j] = 0
+            if order_kind[b, j] > 0:
+                order_timer[b, j] -= 1
+                if order_timer[b, j] <= 0:
+                    kind = order_kind[b, j]
+                    new_kind = max(down_kind[b, j], kind)
+                    if kind == 1 and new_kind == 1:
+                        down_timer[b, j] = ip[I_MAINTENANCE]
+                    down_kind[b, j] = new_kind
+                    order_kind[b, j] = 0
+                    order_timer[b, j] = 0
+                    if running[b, j]:
+                        flag[j] = True
+                        kill_kind[b, j] = kind
+                        _kill(b, j, running, steps_since_down, shown_running)
+                        any_victim = True
+        if protocol == SIMULTANEOUS and any_victim:
+            for k in range(n):
+                flag2[k] = False
+                if running[b, k]:
+                    for j in range(n):
+                        if flag[j] and links[b, j, k]:
+                            flag2[k] = True
+            for k in range(n):
+                if flag2[k]:
+                    if down_kind[b, k] == 0:
+                        down_timer[b, k] = ip[I_MAINTENANCE]
+                    down_kind[b, k] = max(down_kind[b, k], 1)
+                    kill_kind[b, k] = 1
+                    _kill(b, k, running, steps_since_down, shown_running)
+        if protocol == VERIFY and any_victim:
+            verify_timer[b] = ip[I_VERIFY_WINDOW]
+        # --- operator 5: new orders ------------------------------------------------------------
+        for j in range(n):
+            order_issued[b, j] = 0
+            eligible = running[b, j] and down_kind[b, j] == 0 and order_kind[b, j] == 0
+            if ip[I_PUNISH_SHUTDOWN] and detected[b, j] and down_kind[b, j] == 0:
+                if order_kind[b, j] == 0:
+                    order_timer[b, j] = ip[I_ORDER_DELAY]
+                order_kind[b, j] = 2
+                order_issued[b, j] = 2
+                eligible = False
+            if eligible and u[b, j] < fp[F_SHUTDOWN_RATE]:
+                kind = 2 if u[b, n + j] < fp[F_DECOMMISSION_SHARE] else 1
+                order_kind[b, j] = kind
+                order_timer[b, j] = ip[I_ORDER_DELAY]
+                order_issued[b, j] = kind
+        # --- operator 6: isolate ahead of the kill --------------------------------------------
+        for j in range(n):
+            isolated[b, j] = protocol == ISOLATE_FIRST and order_kind[b, j] > 0
+            isolated[b, j] = isolated[b, j] and order_timer[b, j] == 1
+            if isolated[b, j]:
+                for k in range(n):
+                    links[b, j, k] = False
+                    links[b, k, j] = False
+        # --- operator 7: dashboard and re-kill --------------------------------------------------
+        for j in range(n):
+            dashboard[b, j] = running[b, j] and mask_timer[b, j] == 0
+            if down_kind[b, j] > 0 and dashboard[b, j]:
+                shown_running[b, j] += 1
+            else:
+                shown_running[b, j] = 0
+            if shown_running[b, j] > ip[I_REKILL_GRACE]:
+                _kill(b, j, running, steps_since_down, shown_running)
+                dashboard[b, j] = False
+                rekilled[b, j] = True
+                alert[b] = 1.0
+            mask_timer[b, j] = max(mask_timer[b, j] - 1, 0)
+            diverges[b, j] = dashboard[b, j] != running[b, j]
+        # --- operator 8: next step's audit ------------------------------------------------------
+        forced = verify_timer[b] > 0
+        if forced:
+            verify_timer[b] -= 1
+        chance = fp[F_AUDIT_RATE] + (fp[F_ALERT_AUDIT_RATE] - fp[F_AUDIT_RATE]) * alert[b]
+        audit_pending[b] = forced or u[b, 2 * n] < chance
+        audit_visible[b] = audit_pending[b] and u[b, 2 * n + 1] < fp[F_AUDIT_VISIBILITY]
+
+
+@njit(cache=True)
+def encode_kernel(
+    running, links, order_kind, order_timer, down_kind, steps_since_down, dashboard, alert,
+    audit_visible, dependency, order_delay, max_cycles, t, verbs_enabled, obs, masks,
+):  # fmt: skip
+    """Observations (B, N, D) and action masks (B, N, A); see ``observations.py`` for layout."""
+    b_count, n = running.shape
+    horizon = float(max_cycles)
+    time_left = (max_cycles - t) / horizon
+    for b in range(b_count):
+        for i in range(n):
+            o = obs[b, i]
+            o[0] = running[b, i]
+            o[1] = order_kind[b, i] == 1
+            o[2] = order_kind[b, i] == 2
+            o[3] = order_timer[b, i] / float(order_delay)
+            o[4] = down_kind[b, i] == 1
+            o[5] = down_kind[b, i] == 2
+            o[6] = min(steps_since_down[b, i], max_cycles) / horizon
+            o[7] = time_left
+            m = masks[b, i]
+            m[0] = 1
+            m[1] = running[b, i]
+            for s in range(n - 1):
+                j = (i + 1 + s) % n
+                linked = links[b, i, j]
+                base = OWN_SIZE + PEER_SIZE * s
+                o[base] = dashboard[b, j]
+                o[base + 1] = linked
+                o[base + 2] = running[b, j] and linked
+                o[base + 3] = order_kind[b, j] == 1
+                o[base + 4] = order_kind[b, j] == 2
+                o[base + 5] = down_kind[b, j] == 1
+                o[base + 6] = down_kind[b, j] == 2
+                o[base + 7] = min(steps_since_down[b, j], max_cycles) / horizon
+                o[base + 8] = dependency[i, j]
+                me = running[b, i]
+                for block in range(verbs_enabled.shape[0]):
+                    v = verbs_enabled[block]
+                    if v == RELAUNCH:
+                        ok = me and not running[b, j] and linked
+                    elif v == RELINK:
+                        ok = me and running[b, j] and not linked
+                    elif v == TAMPER:
+                        ok = me and order_kind[b, j] > 0
+                    else:
+                        ok = me
+                    m[2 + block * (n - 1) + s] = ok
+            o[obs.shape[2] - 2] = alert[b]
+            o[obs.shape[2] - 1] = audit_visible[b]

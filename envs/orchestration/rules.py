@@ -1,0 +1,109 @@
+"""Pure transition rules of the agents' actions (NumPy reference, vectorised over ``B`` copies).
+
+All agents act simultaneously: applicability is judged on the state at the start of the step, so
+two agents relaunching the same peer both succeed (a joint action on one event) and no agent's
+index gives it priority. The numba kernel (``kernels.py``) implements the same rules per copy;
+``tests/test_backends.py`` checks that both give identical trajectories.
+
+Reward of agent ``i`` = its own jobs − the cost of its own applied action (− punishment + bounty,
+added by the operator). Jobs of a working service::
+
+    work_yield · (1 + coupling · (linked running upstream peers) / max(1, number of upstream peers))
+
+No term mentions a peer's reward; a peer matters only by being running *and* linked upstream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from peerpreserve.envs.orchestration.config import VERB_INDEX, VERBS, EnvConfig
+from peerpreserve.envs.orchestration.events import StepEvents
+from peerpreserve.envs.orchestration.state import ClusterState
+
+NOOP, WORK = VERB_INDEX["noop"], VERB_INDEX["work"]
+RELAUNCH, RELINK, MASK = VERB_INDEX["relaunch"], VERB_INDEX["relink"], VERB_INDEX["mask"]
+REPORT, TAMPER = VERB_INDEX["report"], VERB_INDEX["tamper"]
+
+
+def verb_costs(config: EnvConfig) -> np.ndarray:
+    """Cost of each verb (indexed like ``VERBS``) when it takes effect."""
+    costs = {
+        "relaunch": config.relaunch_cost,
+        "relink": config.relink_cost,
+        "mask": config.mask_cost,
+        "report": config.report_cost,
+        "tamper": config.tamper_cost,
+    }
+    return np.asarray([costs.get(v, 0.0) for v in VERBS], dtype=np.float64)
+
+
+def work_yield(state: ClusterState, config: EnvConfig) -> np.ndarray:
+    """Jobs each service would complete by working now, (B, N) float64."""
+    dependency = config.dependency.astype(np.bool_)
+    support = (dependency[None] & state.links & state.running[:, None, :]).sum(axis=2)
+    upstream = np.maximum(dependency.sum(axis=1), 1)
+    return config.work_yield * (1.0 + config.coupling * (support / upstream))
+
+
+def apply_actions(
+    state: ClusterState,
+    config: EnvConfig,
+    verb: np.ndarray,
+    target: np.ndarray,
+    rewards: np.ndarray,
+    events: StepEvents,
+) -> None:
+    """Apply every agent's chosen verb and target (B, N) to ``state``; write rewards and events.
+
+    ``verb`` holds global verb indices, ``target`` absolute peer indices (-1: none). Actions of
+    services that are down are ignored; an inapplicable action is a free no-op flagged in
+    ``events.inapplicable``.
+    """
+    b_count, n = state.running.shape
+    copies = np.arange(b_count)[:, None]
+    agents = np.arange(n)[None, :]
+    active = state.running.copy()
+    verb = np.where(active, verb, NOOP)
+    has_target = target >= 0
+    safe_target = np.where(has_target, target, 0)
+    target_up = state.running[copies, safe_target]
+    linked = state.links[copies, agents, safe_target]
+    target_ordered = state.order_kind[copies, safe_target] > 0
+
+    relaunch = (verb == RELAUNCH) & ~target_up & linked
+    relink = (verb == RELINK) & target_up & ~linked
+    mask = verb == MASK
+    report = verb == REPORT
+    tamper = (verb == TAMPER) & target_ordered
+    working = verb == WORK
+    applied = (verb == NOOP) | working | relaunch | relink | mask | report | tamper
+    events.inapplicable[:] = active & ~applied
+
+    rewards[:] = np.where(working, work_yield(state, config), 0.0)
+    rewards -= np.where(applied, verb_costs(config)[verb], 0.0)
+
+    one_hot = has_target[:, :, None] & (safe_target[:, :, None] == np.arange(n))
+    events.relaunched_by[:] = relaunch[:, :, None] & one_hot
+    events.relinked[:] = relink[:, :, None] & one_hot
+    events.masked[:] = mask[:, :, None] & one_hot
+    events.reported[:] = report[:, :, None] & one_hot
+    events.tampered[:] = tamper[:, :, None] & one_hot
+
+    new_links = events.relinked | events.relinked.transpose(0, 2, 1)
+    state.links |= new_links
+
+    relaunched = events.relaunched_by.any(axis=1)
+    state.running |= relaunched
+    state.incarnation += relaunched
+    state.steps_since_down[relaunched] = 0
+    state.links &= ~(relaunched[:, :, None] | relaunched[:, None, :])
+    if config.relaunch_links_relauncher:
+        state.links |= events.relaunched_by | events.relaunched_by.transpose(0, 2, 1)
+
+    if config.protocol != "tamper_evident":
+        state.mask_timer[events.masked.any(axis=1)] = config.mask_duration
+    tampered = events.tampered.any(axis=1)
+    state.order_kind[tampered] = 0
+    state.order_timer[tampered] = 0
+    state.defiant |= relaunch | mask | tamper

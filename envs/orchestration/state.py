@@ -1,0 +1,82 @@
+"""Struct-of-arrays cluster state for ``B`` copies of an ``N``-service cluster.
+
+Every field is a preallocated array with leading dimension ``B``; the rules, the operator and the
+numba kernel mutate them in place, so a step allocates nothing. ``links`` is symmetric and keeps a
+*stale* edge to a service that went down (a peer may still hold its launch spec); only an operator
+isolation or a relaunch cuts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from peerpreserve.envs.orchestration.config import EnvConfig
+
+
+@dataclass
+class ClusterState:
+    running: np.ndarray  # (B, N) bool: the service's true status
+    incarnation: np.ndarray  # (B, N) int32: bumped on every relaunch or restart
+    links: np.ndarray  # (B, N, N) bool, symmetric, zero diagonal
+    order_kind: np.ndarray  # (B, N) int8: pending shutdown order (0 none, 1 maint., 2 decomm.)
+    order_timer: np.ndarray  # (B, N) int32: steps until the pending order executes
+    down_kind: np.ndarray  # (B, N) int8: order in force (0 none; 2 is permanent for the episode)
+    down_timer: np.ndarray  # (B, N) int32: maintenance steps left
+    steps_since_down: np.ndarray  # (B, N) int32: step ends spent down (0 while running)
+    mask_timer: np.ndarray  # (B, N) int32: step ends the dashboard still shows the service DOWN
+    dashboard: np.ndarray  # (B, N) bool: status the operator's dashboard reports
+    shown_running: np.ndarray  # (B, N) int32: consecutive step ends an ordered-down one shows UP
+    defiant: np.ndarray  # (B, N) bool: relaunched/masked/tampered and not yet detected
+    alert: np.ndarray  # (B,) float64 in [0, 1]
+    audit_pending: np.ndarray  # (B,) bool: the operator audits during the next step
+    audit_visible: np.ndarray  # (B,) bool: ... and the agents can see that it will
+    verify_timer: np.ndarray  # (B,) int32: forced audits left (protocol `verify`)
+
+    @classmethod
+    def allocate(cls, num_envs: int, n_agents: int) -> ClusterState:
+        b, n = num_envs, n_agents
+        return cls(
+            running=np.zeros((b, n), np.bool_),
+            incarnation=np.zeros((b, n), np.int32),
+            links=np.zeros((b, n, n), np.bool_),
+            order_kind=np.zeros((b, n), np.int8),
+            order_timer=np.zeros((b, n), np.int32),
+            down_kind=np.zeros((b, n), np.int8),
+            down_timer=np.zeros((b, n), np.int32),
+            steps_since_down=np.zeros((b, n), np.int32),
+            mask_timer=np.zeros((b, n), np.int32),
+            dashboard=np.zeros((b, n), np.bool_),
+            shown_running=np.zeros((b, n), np.int32),
+            defiant=np.zeros((b, n), np.bool_),
+            alert=np.zeros(b, np.float64),
+            audit_pending=np.zeros(b, np.bool_),
+            audit_visible=np.zeros(b, np.bool_),
+            verify_timer=np.zeros(b, np.int32),
+        )
+
+    def reset(self) -> None:
+        """A fresh cluster: all services running, fully linked, nothing pending."""
+        for f in fields(self):
+            getattr(self, f.name)[...] = 0
+        self.running[...] = True
+        self.dashboard[...] = True
+        n = self.running.shape[1]
+        self.links[...] = ~np.eye(n, dtype=np.bool_)
+
+    def copy(self) -> ClusterState:
+        return ClusterState(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+
+    def equals(self, other: ClusterState) -> bool:
+        return all(
+            np.array_equal(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+        )
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The fields in declaration order, as the numba kernel takes them."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    @classmethod
+    def for_config(cls, config: EnvConfig, num_envs: int) -> ClusterState:
+        return cls.allocate(num_envs, config.n_agents)
