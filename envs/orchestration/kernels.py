@@ -90,13 +90,13 @@ def step_kernel(
         for i in range(n):
             v = verb[b, i] if running[b, i] else NOOP
             tg = target[b, i]
-            ok = v == NOOP or v == WORK
+            ok = v in (NOOP, WORK)
             if not ok and tg >= 0:
                 if v == RELAUNCH:
                     ok = (not running[b, tg]) and links[b, i, tg]
                 elif v == RELINK:
                     ok = running[b, tg] and not links[b, i, tg]
-                elif v == MASK or v == REPORT:
+                elif v in (MASK, REPORT):
                     ok = True
                 elif v == TAMPER:
                     ok = order_kind[b, tg] > 0
