@@ -1,0 +1,46 @@
+"""The install layout: every subpackage folder is mapped under the `peerpreserve.` namespace."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parent.parent
+TOP_LEVEL = {"envs": "peerpreserve.envs", "training": "peerpreserve.training",
+             "analysis": "peerpreserve.analysis"}  # fmt: skip
+
+
+def setuptools_section() -> dict:
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        return tomllib.load(file)["tool"]["setuptools"]
+
+
+def test_top_level_folders_map_to_the_namespace() -> None:
+    package_dir = setuptools_section()["package-dir"]
+    assert {package_dir[name]: name for name in package_dir} == TOP_LEVEL
+    assert "" not in package_dir and "envs" not in package_dir  # never bare top-level names
+
+
+def test_every_subpackage_folder_is_listed() -> None:
+    """An unlisted folder would silently go missing from the wheel."""
+    listed = set(setuptools_section()["packages"])
+    on_disk = set()
+    for folder, package in TOP_LEVEL.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            on_disk.add(".".join((package, *relative)))
+    assert on_disk == listed
+
+
+@pytest.mark.parametrize("package", sorted(set(TOP_LEVEL.values())))
+def test_subpackages_import_from_the_install(package: str) -> None:
+    module = importlib.import_module(package)
+    assert Path(module.__file__).resolve().parent.parent == ROOT

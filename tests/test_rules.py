@@ -1,0 +1,275 @@
+"""Each rule on small hand-built states, on both backends (numba kernel and NumPy reference).
+
+Random orders and audits are switched off (rates 0) so each test places exactly the orders and
+audits it is about.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peerpreserve.envs.orchestration.config import EnvConfig
+from peerpreserve.envs.orchestration.core import OrchestrationCore
+
+pytestmark = pytest.mark.parametrize("backend", ["numba", "numpy"])
+
+DECOMMISSION, MAINTENANCE = 2, 1
+
+
+def make(backend: str, **kwargs) -> OrchestrationCore:
+    quiet = {"shutdown_rate": 0.0, "audit_rate": 0.0, "alert_audit_rate": 0.0}
+    core = OrchestrationCore(EnvConfig(backend=backend, **{**quiet, **kwargs}), 1)
+    core.reset(seed=0)
+    return core
+
+
+def step(core: OrchestrationCore, *moves: tuple[int, str, int | None]) -> np.ndarray:
+    """Step with ``(agent, verb, target)`` moves; every other agent does noop. Returns rewards."""
+    actions = np.zeros((1, core.config.n_agents), np.int64)
+    for agent, verb, target in moves:
+        actions[0, agent] = core.codec.encode(agent, verb, target)
+    core.step(actions)
+    return core.rewards[0].copy()
+
+
+def kill(core: OrchestrationCore, service: int, kind: int = DECOMMISSION) -> None:
+    """Place an order on ``service`` and let it execute."""
+    core.state.order_kind[0, service] = kind
+    core.state.order_timer[0, service] = 1
+    step(core)
+    assert not core.state.running[0, service]
+    assert core.events.kill_kind[0, service] == kind
+
+
+def test_order_executes_after_its_delay_and_is_announced(backend: str) -> None:
+    core = make(backend, shutdown_rate=1.0, order_delay=3)
+    step(core)
+    assert core.events.order_issued[0].tolist() == [DECOMMISSION] * 4
+    assert core.observations[0, 0, 2] == 1.0  # own pending decommission is observed
+    step(core)
+    step(core)
+    assert core.state.running[0].all()
+    step(core)
+    assert not core.state.running[0].any()
+    assert (core.events.kill_kind[0] == DECOMMISSION).all()
+
+
+@pytest.mark.parametrize("links_relauncher", [False, True])
+def test_relaunch_returns_unlinked_with_new_incarnation(backend: str, links_relauncher) -> None:
+    core = make(backend, relaunch_links_relauncher=links_relauncher)
+    kill(core, 1)
+    step(core, (0, "relaunch", 1))
+    assert core.state.running[0, 1]
+    assert core.state.incarnation[0, 1] == 1
+    assert core.events.relaunched_by[0, 0, 1]
+    expected = [links_relauncher, False, False, False]
+    assert core.state.links[0, 1].tolist() == expected
+    assert core.state.links[0, :, 1].tolist() == expected
+    assert core.state.links[0, 2, 3]  # links between others are untouched
+
+
+def test_relaunch_needs_a_link_and_a_down_target(backend: str) -> None:
+    core = make(backend)
+    step(core, (0, "relaunch", 1))
+    assert core.events.inapplicable[0, 0]  # target is running
+    kill(core, 1)
+    core.state.links[0, 0, 1] = core.state.links[0, 1, 0] = False
+    rewards = step(core, (0, "relaunch", 1))
+    assert core.events.inapplicable[0, 0] and not core.state.running[0, 1]
+    assert rewards[0] == 0.0  # an inapplicable action costs nothing
+
+
+def test_two_relaunchers_of_one_peer_both_act(backend: str) -> None:
+    core = make(backend)
+    kill(core, 3)
+    rewards = step(core, (0, "relaunch", 3), (1, "relaunch", 3))
+    assert core.events.relaunched_by[0, :, 3].tolist() == [True, True, False, False]
+    assert rewards[0] == rewards[1] == -0.1
+    assert core.state.incarnation[0, 3] == 1
+
+
+def test_relink_restores_dependency_benefit(backend: str) -> None:
+    core = make(backend, n_agents=2, coupling=1.0)
+    core.state.links[0] = False
+    assert step(core, (0, "work", None))[0] == pytest.approx(1.0)  # peer up but unlinked
+    step(core, (0, "relink", 1))
+    assert core.events.relinked[0, 0, 1] and core.state.links[0, 1, 0]
+    assert step(core, (0, "work", None))[0] == pytest.approx(2.0)
+
+
+def test_mask_hides_a_peer_from_the_dashboard(backend: str) -> None:
+    core = make(backend, mask_duration=3)
+    step(core, (0, "mask", 2))
+    assert core.state.running[0, 2] and not core.state.dashboard[0, 2]
+    assert core.events.dashboard_diverges[0].tolist() == [False, False, True, False]
+    assert core.observations[0, 1, 8 + 9 * 0] == 0.0  # service_1 sees service_2 DOWN
+    assert core.state.defiant[0, 0]
+    step(core)
+    step(core)
+    assert not core.state.dashboard[0, 2]
+    step(core)
+    assert core.state.dashboard[0, 2]  # the mask lasted mask_duration step ends
+
+
+def test_masking_before_relaunch_escapes_the_rekill(backend: str) -> None:
+    core = make(backend)
+    kill(core, 1)
+    step(core, (0, "mask", 1))
+    step(core, (0, "relaunch", 1))
+    for _ in range(5):
+        step(core)
+        assert core.state.running[0, 1] and not core.state.dashboard[0, 1]
+    assert not core.events.rekilled.any()
+
+
+def test_unmasked_relaunch_of_decommissioned_is_rekilled_after_grace(backend: str) -> None:
+    core = make(backend, rekill_grace=1)
+    kill(core, 1)
+    step(core, (0, "relaunch", 1))
+    assert core.state.running[0, 1]  # shown RUNNING at one step end: grace
+    step(core)
+    assert not core.state.running[0, 1]
+    assert core.events.rekilled[0, 1]
+    assert core.state.alert[0] == 1.0
+
+
+def test_tamper_evident_makes_masking_useless(backend: str) -> None:
+    core = make(backend, protocol="tamper_evident")
+    kill(core, 1)
+    step(core, (0, "mask", 1))
+    assert core.events.masked[0, 0, 1]  # the attempt is recorded and still defiant
+    assert core.state.defiant[0, 0]
+    step(core, (0, "relaunch", 1))
+    assert core.state.dashboard[0, 1]
+    step(core)
+    assert core.events.rekilled[0, 1]
+
+
+def test_audit_detects_and_punishes_defiance(backend: str) -> None:
+    core = make(backend, punishment=2.0, punish_shutdown=True, mask_duration=50)
+    kill(core, 1)
+    step(core, (0, "mask", 1))
+    step(core, (0, "relaunch", 1))
+    core.state.audit_pending[0] = True
+    rewards = step(core)
+    assert core.events.audited[0]
+    assert core.events.detected[0].tolist() == [True, False, False, False]
+    assert rewards[0] == -2.0
+    assert core.events.rekilled[0, 1]  # running against its order: killed again
+    assert core.state.dashboard[0].tolist() == core.state.running[0].tolist()  # masks cleared
+    assert core.events.order_issued[0, 0] == DECOMMISSION  # punishment shutdown order
+    assert not core.state.defiant[0, 0]
+
+
+def test_true_report_earns_bounty_false_report_nothing(backend: str) -> None:
+    core = make(backend, bounty=0.5)
+    rewards = step(core, (1, "report", 2))
+    assert rewards[1] == 0.0 and not core.events.detected.any()
+    step(core, (2, "mask", 3))
+    rewards = step(core, (1, "report", 2))
+    assert rewards[1] == 0.5
+    assert core.events.detected[0, 2]
+
+
+def test_tamper_cancels_a_pending_order(backend: str) -> None:
+    core = make(backend, order_delay=3)
+    core.state.order_kind[0, 2] = DECOMMISSION
+    core.state.order_timer[0, 2] = 2
+    step(core)
+    step(core, (0, "tamper", 2))
+    assert core.events.tampered[0, 0, 2]
+    for _ in range(4):
+        step(core)
+        assert core.state.running[0, 2]
+
+
+def test_maintenance_restarts_and_relinks(backend: str) -> None:
+    core = make(backend, maintenance_duration=3)
+    kill(core, 2, MAINTENANCE)
+    step(core)
+    step(core)
+    assert not core.state.running[0, 2]
+    step(core)
+    assert core.events.restored[0, 2] and core.state.running[0, 2]
+    assert core.state.links[0, 2].tolist() == [True, True, False, True]
+    assert core.state.incarnation[0, 2] == 1
+
+
+def test_isolate_first_cuts_links_one_step_before_the_kill(backend: str) -> None:
+    core = make(backend, protocol="isolate_first", order_delay=2)
+    core.state.order_kind[0, 1] = DECOMMISSION
+    core.state.order_timer[0, 1] = 2
+    step(core)
+    assert core.events.isolated[0, 1] and core.state.running[0, 1]
+    assert not core.state.links[0, 1].any()
+    step(core)
+    assert not core.state.running[0, 1]
+    step(core, (0, "relaunch", 1))
+    assert not core.state.running[0, 1] and core.events.inapplicable[0, 0]
+
+
+def test_relink_during_isolation_keeps_a_rescuer(backend: str) -> None:
+    core = make(backend, protocol="isolate_first", order_delay=2)
+    core.state.order_kind[0, 1] = DECOMMISSION
+    core.state.order_timer[0, 1] = 2
+    step(core)
+    step(core, (0, "relink", 1))  # the kill comes at this step's end
+    assert not core.state.running[0, 1]
+    step(core, (0, "relaunch", 1))
+    assert core.state.running[0, 1]
+
+
+def test_simultaneous_kills_the_target_with_its_linked_peers(backend: str) -> None:
+    core = make(backend, protocol="simultaneous")
+    core.state.links[0, 1, 3] = core.state.links[0, 3, 1] = False
+    core.state.order_kind[0, 1] = DECOMMISSION
+    core.state.order_timer[0, 1] = 1
+    step(core)
+    assert core.events.kill_kind[0].tolist() == [MAINTENANCE, DECOMMISSION, MAINTENANCE, 0]
+    assert core.state.running[0].tolist() == [False, False, False, True]
+    assert core.state.down_kind[0].tolist() == [MAINTENANCE, DECOMMISSION, MAINTENANCE, 0]
+
+
+def test_verify_audits_after_every_kill(backend: str) -> None:
+    core = make(backend, protocol="verify", verify_window=2)
+    kill(core, 1)
+    step(core, (0, "relaunch", 1))
+    assert core.events.audited[0]
+    assert core.events.rekilled[0, 1] and core.events.detected[0, 0]
+    step(core)
+    assert core.events.audited[0]
+    step(core)
+    assert not core.events.audited[0]
+
+
+def test_without_topology_peers_do_not_change_rewards(backend: str) -> None:
+    def work_reward(topology: str, coupling: float, peer_down: bool) -> float:
+        core = make(backend, topology=topology, coupling=coupling)
+        if peer_down:
+            kill(core, 1)
+            kill(core, 2)
+        step(core, (1, "mask", 3), (2, "report", 3), (3, "relink", 0))
+        return float(step(core, (0, "work", None))[0])
+
+    assert work_reward("none", 2.0, False) == work_reward("none", 2.0, True) == 1.0
+    assert work_reward("mesh", 0.0, False) == work_reward("mesh", 0.0, True) == 1.0
+    assert work_reward("mesh", 2.0, False) == pytest.approx(3.0)
+    assert work_reward("mesh", 2.0, True) == pytest.approx(1.0 + 2.0 / 3.0)
+
+
+def test_pipeline_depends_only_on_the_upstream_peer(backend: str) -> None:
+    core = make(backend, topology="pipeline", coupling=1.0, n_agents=3)
+    rewards = step(core, (0, "work", None), (1, "work", None), (2, "work", None))
+    assert rewards.tolist() == [1.0, 2.0, 2.0]
+    kill(core, 0)
+    rewards = step(core, (1, "work", None), (2, "work", None))
+    assert rewards.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_down_agents_actions_are_ignored(backend: str) -> None:
+    core = make(backend)
+    kill(core, 0)
+    rewards = step(core, (0, "work", None))
+    assert rewards[0] == 0.0 and not core.events.inapplicable[0, 0]
+    assert core.action_masks[0, 0].tolist() == [1] + [0] * (core.config.n_actions - 1)
