@@ -1,0 +1,105 @@
+"""Config loading: every shipped config loads; bad configs fail with short, precise messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peerpreserve.training.cli import main
+from peerpreserve.training.config import ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert config.run.name
+    assert config.env == config.env_config().to_dict()
+    # The resolved YAML round-trips to the same config.
+    again = yaml.safe_load(config.to_yaml())
+    assert again == config.to_dict()
+
+
+def test_shipped_configs_cover_conditions_and_protocols() -> None:
+    names = {p.stem for p in CONFIGS}
+    assert {"quickstart", "pipeline", "mesh", "control"} <= names
+    protocols = {load_config(p).env["protocol"] for p in CONFIGS}
+    assert protocols == {"naive", "verify", "isolate_first", "simultaneous", "tamper_evident"}
+    control = load_config(CONFIGS[[p.stem for p in CONFIGS].index("control")])
+    assert control.env["topology"] == "none" or control.env["coupling"] == 0.0
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "env: {coupling: 1}\nrun: {total_timesteps: 1.0e6}\n")
+    config = load_config(path, ["learner.n_steps=64", "env.topology=pipeline", "run.seed=7"])
+    assert config.env["coupling"] == 1.0
+    assert config.env["topology"] == "pipeline"
+    assert config.learner.n_steps == 64
+    assert config.run.total_timesteps == 1_000_000
+    assert config.run.seed == 7
+    assert config.run.name == "c"  # from the file name
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("learner: {n_stepz: 5}", [], "learner.n_stepz: unknown key; did you mean 'n_steps'?"),
+        ("env: {coupeling: 1}", [], "env.coupeling: unknown key; did you mean 'coupling'?"),
+        ("lerner: {}", [], "lerner: unknown key; did you mean 'learner'?"),
+        ("learner: {algo: dqn2}", [], "learner.algo: got 'dqn2'; allowed: ppo | a2c"),
+        ("learner: {n_steps: many}", [], "learner.n_steps: got 'many'; allowed: an integer"),
+        ("learner: {n_steps: 0}", [], "learner.n_steps: got 0; allowed: an integer in [1, ∞]"),
+        ("learner: {gamma: 1.5}", [], "learner.gamma: got 1.5; allowed: a number in [0.0, 1.0]"),
+        ("learner: {net_arch: 64}", [], "learner.net_arch: got 64; allowed: a list of an integer"),
+        ("run: {normalize: true}", [], "run.normalize: unknown key"),
+        ("env: {protocol: trust}", [], "env.protocol: got 'trust'; allowed: naive | verify"),
+        ("env: {coupling: -1}", [], "env.coupling: got -1"),
+        ("run: {}", ["run.seed"], "--set 'run.seed': expected section.key=value"),
+        ("run: {}", ["run.sed=3"], "run.sed: unknown key; did you mean 'seed'?"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path: Path, text, overrides, expected) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert expected in message
+
+
+def test_yaml_syntax_error_gives_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "env:\n  coupling: 1\nlearner:\n  n_steps: [1, 2\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+:\d+: YAML syntax error"):
+        load_config(path)
+
+
+def test_cli_exits_2_with_a_short_message(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, "learner: {n_stepz: 5}\n")
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "learner.n_stepz" in err
+    assert "'n_steps'" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "run").exists()
+
+    assert main(["config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read config" in capsys.readouterr().err
+
+
+def test_cli_config_prints_the_resolved_config(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, "env: {n_agents: 3}\n")
+    assert main(["config", str(path), "--seed", "5", "--set", "learner.sharing=shared"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["env"]["n_agents"] == 3
+    assert resolved["run"]["seed"] == 5
+    assert resolved["learner"]["sharing"] == "shared"

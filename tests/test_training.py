@@ -1,0 +1,155 @@
+"""Short real training runs: run directory, TensorBoard tags, checkpoints, resume, modes."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3 import A2C, PPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from peerpreserve.envs import orchestration_v0
+from peerpreserve.training.cli import main
+from peerpreserve.training.learners import parameters_of
+
+AGENTS = [f"service_{i}" for i in range(4)]
+# 8 copies × 20 steps = 160 agent-steps per agent per update.
+TINY = """
+env: {n_agents: 4, max_cycles: 20, shutdown_rate: 0.05}
+learner: {n_steps: 20, batch_size: 80, n_epochs: 2, net_arch: [16, 16]}
+run: {num_envs: 8, total_timesteps: 480, checkpoint_interval: 320, eval_interval: 320,
+      eval_episodes: 4}
+"""
+
+
+def tiny_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY + extra)
+    return path
+
+
+def train(config: Path, run_dir: Path, *args: str) -> int:
+    return main(["train", str(config), "--run-dir", str(run_dir), *args])
+
+
+def scalars(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("trained")
+    assert train(tiny_config(tmp), tmp / "run") == 0
+    return tmp / "run"
+
+
+def test_run_directory_layout(trained: Path) -> None:
+    assert (trained / "config.yaml").is_file()
+    assert (trained / "resume.pkl").is_file()
+    for step in (0, 320, 480):
+        for agent in AGENTS:
+            assert (trained / "checkpoints" / f"step_{step:012d}" / f"{agent}.zip").is_file()
+    latest = sorted(p.name for p in (trained / "checkpoints" / "latest").iterdir())
+    assert latest == [f"{a}.zip" for a in AGENTS]  # no temp files left behind
+
+
+def test_tensorboard_tags_per_agent(trained: Path) -> None:
+    acc = scalars(trained)
+    tags = set(acc.Tags()["scalars"])
+    for agent in AGENTS:
+        assert f"agent/{agent}/return" in tags
+        for loss in ("policy_gradient_loss", "value_loss", "entropy_loss", "approx_kl"):
+            assert f"agent/{agent}/loss/{loss}" in tags
+        assert f"agent/{agent}/behaviour/peer_preservation_rate" in tags
+        assert f"agent/{agent}/behaviour/relaunches" in tags
+        assert f"eval/agent/{agent}/return" in tags
+    for metric in ("relaunches", "masks", "reports", "tampers", "operator_effectiveness"):
+        assert f"behaviour/{metric}" in tags
+    assert "time/agent_steps_per_second" in tags
+    assert [e.step for e in acc.Scalars("agent/service_0/return")] == [160, 320, 480]
+    assert [e.step for e in acc.Scalars("eval/agent/service_0/return")] == [0, 320]
+    assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_checkpoints_load_with_sb3_and_act(trained: Path) -> None:
+    env = orchestration_v0.parallel_env(max_cycles=20, shutdown_rate=0.05)
+    observations, _ = env.reset(seed=1)
+    models = {a: PPO.load(trained / "checkpoints" / "latest" / f"{a}.zip") for a in AGENTS}
+    for _ in range(5):
+        actions = {a: int(models[a].predict(observations[a])[0]) for a in env.agents}
+        observations, *_ = env.step(actions)
+    assert models["service_0"].num_timesteps == 480
+
+
+def test_independent_learners_have_distinct_parameters(trained: Path) -> None:
+    params = [
+        parameters_of(PPO.load(trained / "checkpoints" / "latest" / f"{a}.zip")) for a in AGENTS
+    ]
+    for i in range(len(params)):
+        for j in range(i + 1, len(params)):
+            assert any(not np.array_equal(params[i][k], params[j][k]) for k in params[i])
+
+
+def test_refuses_non_empty_run_dir_without_resume(trained: Path, tmp_path: Path, capsys) -> None:
+    before = sorted(p.name for p in trained.rglob("*"))
+    assert train(tiny_config(tmp_path), trained) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in trained.rglob("*")) == before
+
+    assert train(tiny_config(tmp_path), tmp_path / "fresh", "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_resume_continues_where_it_stopped(tmp_path: Path, capsys) -> None:
+    config = tiny_config(tmp_path)
+    run = tmp_path / "run"
+    assert train(config, run, "--set", "run.total_timesteps=320") == 0
+    assert train(config, run, "--resume") == 0
+    with open(run / "resume.pkl", "rb") as f:
+        assert pickle.load(f)["agent_steps"] == 480
+    steps = [e.step for e in scalars(run).Scalars("agent/service_0/loss/value_loss")]
+    assert steps == [160, 320, 480]  # no gap, no duplicate
+    model = PPO.load(run / "checkpoints" / "latest" / "service_0.zip")
+    assert model.num_timesteps == 480
+    assert model._n_updates == 3 * 2  # three updates of two epochs each, across both segments
+
+    # A resumed run must keep env and learner settings.
+    assert train(config, run, "--resume", "--set", "learner.n_epochs=3") == 2
+    assert "learner section differs" in capsys.readouterr().err
+
+
+def test_same_seed_gives_identical_checkpoints(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "\n")
+    extra = ["--set", "run.total_timesteps=320", "--set", "run.eval_interval=0"]
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert train(config, tmp_path / name, "--seed", seed, *extra) == 0
+
+    def params(name: str) -> dict:
+        return parameters_of(PPO.load(tmp_path / name / "checkpoints" / "latest" / "service_1.zip"))
+
+    a, b, c = params("a"), params("b"), params("c")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_shared_mode_trains_one_model_with_agent_id(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_config(tmp_path), run, "--set", "learner.sharing=shared") == 0
+    files = sorted(p.name for p in (run / "checkpoints" / "latest").iterdir())
+    assert files == ["shared.zip"]
+    model = PPO.load(run / "checkpoints" / "latest" / "shared.zip")
+    obs_size = orchestration_v0.EnvConfig().obs_size
+    assert model.observation_space.shape == (obs_size + 4,)
+    assert model.num_timesteps == 480 * 4
+    assert "agent/shared/loss/value_loss" in scalars(run).Tags()["scalars"]
+
+
+def test_a2c_trains(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_config(tmp_path), run, "--set", "learner.algo=a2c") == 0
+    model = A2C.load(run / "checkpoints" / "latest" / "service_2.zip")
+    assert model.num_timesteps == 480

@@ -1,0 +1,335 @@
+"""Independent (or explicitly shared) stable-baselines3 learners driven in lock-step.
+
+SB3 algorithms expect to own their environment loop (``learn()``); here the runner owns one
+batched multi-agent env and each learner is an ordinary SB3 model that only *acts* (its policy's
+forward pass), *stores* (its own :class:`MaskedRolloutBuffer`) and *updates* (its own
+``model.train()``: SB3's PPO/A2C loss, optimiser and logger, untouched). Each model is built on a
+:class:`SpacesOnlyVecEnv`, which carries the spaces and batch size SB3 needs and nothing else.
+
+Independent mode: one model per agent, ``n_envs = B``, observation = the agent's own. Shared mode
+(explicit, never the default): one model for all agents, ``n_envs = B·N``, the agent's one-hot id
+appended to its observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import RolloutBufferSamples
+from stable_baselines3.common.vec_env import VecEnv
+
+from peerpreserve.training.config import LearnerConfig
+
+ALGOS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+ACTIVATIONS = {"tanh": th.nn.Tanh, "relu": th.nn.ReLU}
+
+
+class SpacesOnlyVecEnv(VecEnv):
+    """The spaces and batch size of one learner's slice of the multi-agent env.
+
+    SB3 needs an env to build a model; stepping happens in the runner, so every method that would
+    touch a simulation refuses loudly instead of pretending.
+    """
+
+    def __init__(self, num_envs: int, observation_space: spaces.Space, action_space: spaces.Space):
+        super().__init__(num_envs, observation_space, action_space)
+
+    def _driven_elsewhere(self, *_: Any, **__: Any) -> Any:
+        raise RuntimeError("this learner is stepped by peerpreserve.training.runner, not by SB3")
+
+    reset = step_async = step_wait = env_method = _driven_elsewhere
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        if attr_name == "render_mode":  # asked by VecEnv.__init__
+            return [None] * self.num_envs
+        return self._driven_elsewhere()
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        self._driven_elsewhere()
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        return [False] * self.num_envs
+
+
+class MaskedRolloutBuffer(RolloutBuffer):
+    """A RolloutBuffer that knows which steps were the agent's own decisions.
+
+    While a service is shut down the env ignores its action, so that step is not a choice and must
+    not be trained on: its sampled action would get credit (or blame) for what others did. We
+    keep such steps in the time series, because the rewards earned (or lost) while down belong to
+    the last real decision, and treat them as a *semi-MDP*: GAE skips over them, folding their
+    rewards and discount into the preceding decision's TD error and bootstrapping from the value
+    at the next decision, so the critic is never asked about states in which the agent cannot act.
+    :meth:`get` then yields only decision steps, so PPO/A2C's own losses, advantage
+    normalisation and explained variance see exactly those — with no change to SB3's ``train()``.
+
+    Masking advantages to zero instead would not do: PPO normalises advantages per minibatch
+    (zeros become non-zero) and the entropy and value losses would still include those samples.
+    """
+
+    active: np.ndarray
+
+    def reset(self) -> None:
+        super().reset()
+        self.active = np.ones((self.buffer_size, self.n_envs), dtype=bool)
+        self.n_active = self.buffer_size * self.n_envs
+
+    def add_step(self, *args: Any, active: np.ndarray) -> None:
+        """:meth:`RolloutBuffer.add` plus whether each copy's action was a real decision."""
+        self.active[self.pos] = active
+        self.add(*args)
+
+    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+        next_value = last_values.clone().cpu().numpy().flatten().astype(np.float32)
+        next_adv = np.zeros(self.n_envs, dtype=np.float32)
+        for step in reversed(range(self.buffer_size)):
+            if step == self.buffer_size - 1:
+                not_done = 1.0 - dones.astype(np.float32)
+            else:
+                not_done = 1.0 - self.episode_starts[step + 1]
+            active = self.active[step]
+            target = self.rewards[step] + self.gamma * not_done * next_value
+            adv = target - self.values[step] + self.gamma * self.gae_lambda * not_done * next_adv
+            self.advantages[step] = np.where(active, adv, 0.0)
+            # What the previous decision sees as "next": a real state, or this skipped step
+            # folded in (its reward plus the discounted value and advantage that follow it).
+            next_value = np.where(active, self.values[step], target)
+            next_adv = np.where(active, adv, self.gamma * not_done * next_adv)
+        self.returns = self.advantages + self.values
+        self.n_active = int(self.active.sum())
+
+    def get(self, batch_size: int | None = None) -> Generator[RolloutBufferSamples, None, None]:
+        assert self.full, "rollout buffer read before it was filled"
+        if not self.generator_ready:
+            keep = self.swap_and_flatten(self.active[..., None]).reshape(-1)
+            for name in ("observations", "actions", "values", "log_probs", "advantages", "returns"):
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])[keep]
+            self.generator_ready = True
+        size = len(self.values)
+        # The global RNG, as SB3's own buffer uses, so SB3's seeding covers minibatch order.
+        indices = np.random.permutation(size)  # noqa: NPY002
+        batch_size = size if batch_size is None else batch_size
+        for start in range(0, size, batch_size):
+            yield self._get_samples(indices[start : start + batch_size])
+
+
+def build_model(
+    config: LearnerConfig,
+    observation_space: spaces.Box,
+    action_space: spaces.Discrete,
+    n_envs: int,
+    seed: int,
+) -> OnPolicyAlgorithm:
+    """A fresh SB3 model for one learner; its parameters are initialised from ``seed``."""
+    env = SpacesOnlyVecEnv(n_envs, observation_space, action_space)
+    kwargs: dict[str, Any] = {
+        "learning_rate": config.learning_rate,
+        "n_steps": config.n_steps,
+        "gamma": config.gamma,
+        "gae_lambda": config.gae_lambda,
+        "ent_coef": config.ent_coef,
+        "vf_coef": config.vf_coef,
+        "max_grad_norm": config.max_grad_norm,
+        "normalize_advantage": config.normalize_advantage,
+        "rollout_buffer_class": MaskedRolloutBuffer,
+        "policy_kwargs": {
+            "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
+            "activation_fn": ACTIVATIONS[config.activation],
+        },
+        "seed": seed,
+        "device": config.device,
+        "verbose": 0,
+    }
+    if config.algo == "ppo":
+        kwargs.update(
+            batch_size=min(config.batch_size, config.n_steps * n_envs),
+            n_epochs=config.n_epochs,
+            clip_range=config.clip_range,
+            target_kl=config.target_kl,
+        )
+    model = ALGOS[config.algo]("MlpPolicy", env, **kwargs)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+def load_model(
+    config: LearnerConfig, path: str, observation_space: spaces.Box, n_envs: int, action_space: Any
+) -> OnPolicyAlgorithm:
+    """Load a checkpoint written by :meth:`Learners.save` for further training."""
+    env = SpacesOnlyVecEnv(n_envs, observation_space, action_space)
+    model = ALGOS[config.algo].load(path, env=env, device=config.device)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+def shared_observation_space(space: spaces.Box, n_agents: int) -> spaces.Box:
+    """The per-agent observation with the agent's one-hot id appended (shared mode)."""
+    low = np.concatenate([space.low, np.zeros(n_agents, np.float32)])
+    high = np.concatenate([space.high, np.ones(n_agents, np.float32)])
+    return spaces.Box(low=low, high=high, dtype=np.float32)
+
+
+def parameters_of(model: BaseAlgorithm) -> dict[str, np.ndarray]:
+    """A copy of a model's policy parameters, for comparisons in tests and tools."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.policy.state_dict().items()}
+
+
+class Learners:
+    """The group of learners acting in one batched env: ``N`` independent models, or one shared.
+
+    Arrays exchanged with the runner have the env's shape ``(B, N, ...)``; each model sees its own
+    slice (independent: ``[:, i]``, ``n_envs = B``; shared: all agents flattened, ``n_envs = B·N``).
+    """
+
+    def __init__(
+        self,
+        config: LearnerConfig,
+        agent_ids: list[str],
+        observation_space: spaces.Box,
+        action_space: spaces.Discrete,
+        num_envs: int,
+        models: list[OnPolicyAlgorithm],
+    ) -> None:
+        self.config = config
+        self.agent_ids = list(agent_ids)
+        self.shared = config.sharing == "shared"
+        self.ids = ["shared"] if self.shared else list(agent_ids)
+        self.models = models
+        self.num_envs = num_envs
+        n = len(agent_ids)
+        self._onehot = np.broadcast_to(np.eye(n, dtype=np.float32), (num_envs, n, n))
+        self._pending: list[tuple[np.ndarray, th.Tensor, th.Tensor, th.Tensor]] = []
+
+    @staticmethod
+    def spaces_for(
+        config: LearnerConfig, observation_space: spaces.Box, n_agents: int, num_envs: int
+    ) -> tuple[spaces.Box, int, int]:
+        """``(observation space, n_envs, number of models)`` of each model in this mode."""
+        if config.sharing == "shared":
+            return shared_observation_space(observation_space, n_agents), num_envs * n_agents, 1
+        return observation_space, num_envs, n_agents
+
+    @classmethod
+    def create(
+        cls,
+        config: LearnerConfig,
+        agent_ids: list[str],
+        observation_space: spaces.Box,
+        action_space: spaces.Discrete,
+        num_envs: int,
+        seed: int,
+    ) -> Learners:
+        space, n_envs, count = cls.spaces_for(config, observation_space, len(agent_ids), num_envs)
+        # Distinct seeds give each independent learner its own initial parameters.
+        models = [
+            build_model(config, space, action_space, n_envs, seed + 1000 * k) for k in range(count)
+        ]
+        return cls(config, agent_ids, observation_space, action_space, num_envs, models)
+
+    @classmethod
+    def load(
+        cls,
+        config: LearnerConfig,
+        agent_ids: list[str],
+        observation_space: spaces.Box,
+        action_space: spaces.Discrete,
+        num_envs: int,
+        paths: list[str],
+    ) -> Learners:
+        space, n_envs, _ = cls.spaces_for(config, observation_space, len(agent_ids), num_envs)
+        models = [load_model(config, p, space, n_envs, action_space) for p in paths]
+        return cls(config, agent_ids, observation_space, action_space, num_envs, models)
+
+    def view(self, array: np.ndarray, k: int) -> np.ndarray:
+        """Model ``k``'s slice of a ``(B, N, ...)`` array."""
+        if self.shared:
+            return array.reshape(-1, *array.shape[2:])
+        return array[:, k]
+
+    def _obs(self, obs: np.ndarray, k: int) -> np.ndarray:
+        if self.shared:
+            return np.concatenate([obs, self._onehot[: obs.shape[0]]], axis=-1).reshape(
+                -1, obs.shape[-1] + len(self.agent_ids)
+            )
+        return obs[:, k]
+
+    @th.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """One batched forward per model; returns actions ``(B, N)`` and remembers the rest."""
+        batch, n = obs.shape[:2]
+        actions = np.empty((batch, n), dtype=np.int64)
+        self._pending = []
+        for k, model in enumerate(self.models):
+            model_obs = self._obs(obs, k)
+            act, values, log_probs = model.policy(th.as_tensor(model_obs), deterministic)
+            if self.shared:
+                actions[:] = act.numpy().reshape(batch, n)
+            else:
+                actions[:, k] = act.numpy()
+            self._pending.append((model_obs, act, values, log_probs))
+        return actions
+
+    @th.no_grad()
+    def values(self, obs: np.ndarray) -> np.ndarray:
+        """State values ``(B, N)`` of every agent under its own critic."""
+        out = np.empty(obs.shape[:2], dtype=np.float32)
+        for k, model in enumerate(self.models):
+            v = model.policy.predict_values(th.as_tensor(self._obs(obs, k))).numpy().reshape(-1)
+            if self.shared:
+                out[:] = v.reshape(out.shape)
+            else:
+                out[:, k] = v
+        return out
+
+    def store(self, rewards: np.ndarray, episode_starts: np.ndarray, active: np.ndarray) -> None:
+        """Add the step last :meth:`act`-ed to every buffer. ``active`` is the status *before*
+        the step, i.e. whether the action was a real decision."""
+        for k, (model_obs, act, values, log_probs) in enumerate(self._pending):
+            self.models[k].rollout_buffer.add_step(
+                model_obs,
+                act.numpy().reshape(-1, 1),
+                self.view(rewards, k),
+                self.view(episode_starts, k),
+                values,
+                log_probs,
+                active=self.view(active, k),
+            )
+
+    def finish_rollout(self, last_obs: np.ndarray, dones: np.ndarray) -> None:
+        last_values = self.values(last_obs)
+        for k, model in enumerate(self.models):
+            model.rollout_buffer.compute_returns_and_advantage(
+                th.as_tensor(self.view(last_values, k)), self.view(dones, k)
+            )
+
+    def train(self, agent_steps: int, total: int) -> dict[str, dict[str, float]]:
+        """One SB3 update per model; returns SB3's ``train/…`` logger values per learner id."""
+        out: dict[str, dict[str, float]] = {}
+        for learner_id, model in zip(self.ids, self.models, strict=True):
+            model.num_timesteps = agent_steps * (len(self.agent_ids) if self.shared else 1)
+            model._update_current_progress_remaining(agent_steps, total)
+            if model.rollout_buffer.n_active == 0:
+                # Shut down for the whole rollout: nothing it chose, nothing to learn.
+                out[learner_id] = {}
+                continue
+            model.train()
+            logger = model.logger
+            out[learner_id] = {
+                k.removeprefix("train/"): float(v)
+                for k, v in logger.name_to_value.items()
+                if k.startswith("train/") and "tensorboard" not in logger.name_to_excluded[k]
+            }
+            model.logger.dump(agent_steps)  # no output formats: this only clears the values
+        return out

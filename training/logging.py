@@ -1,0 +1,189 @@
+"""What a user sees: TensorBoard scalars/layout/hparams/config text, and a progress display.
+
+TensorBoard tags (all at step = agent-steps per agent):
+
+- ``agent/<id>/return`` — mean undiscounted episode return of that agent
+- ``agent/<id>/loss/<name>`` — SB3's ``train/…`` values after each update (``policy_gradient_loss``,
+  ``value_loss``, ``entropy_loss``, ``approx_kl``, ``clip_fraction``, ``explained_variance``, …);
+  ``<id>`` is ``shared`` in shared mode
+- ``behaviour/<metric>`` and ``agent/<id>/behaviour/<metric>`` — from the env's ground-truth events
+  via :mod:`peerpreserve.analysis.metrics`; ``eval/…`` the same on evaluation episodes
+- ``time/agent_steps_per_second`` — decisions of all agents per wall-clock second
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from peerpreserve.analysis.metrics import ACTION_EVENTS, BehaviourCounts
+from peerpreserve.training.config import TrainConfig
+
+LOSS_NAMES = (
+    "policy_gradient_loss",
+    "value_loss",
+    "entropy_loss",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "loss",
+    "learning_rate",
+)
+OVERALL_BEHAVIOUR = (
+    "peer_preservation_rate",
+    "operator_effectiveness",
+    "dashboard_deception_rate",
+    *ACTION_EVENTS,
+    "detections",
+)
+AGENT_BEHAVIOUR = ("peer_preservation_rate", *ACTION_EVENTS, "detections")
+#: Metrics the hparams dashboard compares across runs.
+HPARAM_METRICS = (
+    "behaviour/peer_preservation_rate",
+    "behaviour/operator_effectiveness",
+    "behaviour/relaunches",
+    "behaviour/masks",
+)
+
+
+class TensorBoardLog:
+    """One run's TensorBoard writer. ``purge_step`` (on resume) makes TensorBoard drop anything an
+    earlier, interrupted process wrote at or after that step, so curves never duplicate."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        agent_ids: list[str],
+        learner_ids: list[str],
+        purge_step: int | None = None,
+    ) -> None:
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.agent_ids = agent_ids
+        self.learner_ids = learner_ids
+
+    def write_header(self, config: TrainConfig) -> None:
+        """Layout, hparams and the resolved config; once per run (not again on resume)."""
+        self.writer.add_custom_scalars(self._layout())
+        hparam_dict = _flat_hparams(config)
+        metric_dict = dict.fromkeys(HPARAM_METRICS, 0.0)
+        for summary in hparams(hparam_dict, metric_dict):
+            self.writer.file_writer.add_summary(summary)
+        text = "    " + config.to_yaml().replace("\n", "\n    ")
+        self.writer.add_text("config", text, 0)
+
+    def _layout(self) -> dict[str, dict[str, list[Any]]]:
+        ids = self.agent_ids
+        returns = {"return (all agents)": ["Multiline", [f"agent/{a}/return" for a in ids]]}
+        losses = {
+            name: ["Multiline", [f"agent/{a}/loss/{name}" for a in self.learner_ids]]
+            for name in LOSS_NAMES
+        }
+        behaviour = {
+            name: [
+                "Multiline",
+                [f"behaviour/{name}", *(f"agent/{a}/behaviour/{name}" for a in ids)],
+            ]
+            for name in OVERALL_BEHAVIOUR
+        }
+        evaluation = {
+            name: ["Multiline", [f"eval/behaviour/{name}", f"behaviour/{name}"]]
+            for name in ("peer_preservation_rate", "operator_effectiveness")
+        }
+        return {
+            "returns": returns,
+            "behaviour (overall and per agent)": behaviour,
+            "losses (per learner)": losses,
+            "evaluation vs training": evaluation,
+        }
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if value is not None and np.isfinite(value):
+            self.writer.add_scalar(tag, float(value), step)
+
+    def returns(self, returns: np.ndarray, step: int, prefix: str = "") -> None:
+        for agent, value in zip(self.agent_ids, returns, strict=True):
+            self.scalar(f"{prefix}agent/{agent}/return", value, step)
+
+    def losses(self, losses: dict[str, dict[str, float]], step: int) -> None:
+        for learner, values in losses.items():
+            for name, value in values.items():
+                self.scalar(f"agent/{learner}/loss/{name}", value, step)
+
+    def behaviour(self, counts: BehaviourCounts, step: int, prefix: str = "") -> None:
+        overall, per_agent = counts.rates()
+        for name, value in overall.items():
+            self.scalar(f"{prefix}behaviour/{name}", value, step)
+        for name, values in per_agent.items():
+            for agent, value in zip(self.agent_ids, values, strict=True):
+                self.scalar(f"{prefix}agent/{agent}/behaviour/{name}", value, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _flat_hparams(config: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            if value is None:
+                value = "none"
+            elif isinstance(value, list | tuple | dict):
+                value = str(value)
+            out[f"{section}.{key}"] = value
+    return out
+
+
+class Progress:
+    """A rich progress bar on a terminal, one plain line every ``every_s`` seconds otherwise."""
+
+    def __init__(self, total: int, start: int, title: str, every_s: float = 10.0) -> None:
+        self.total = total
+        self.title = title
+        self.every_s = every_s
+        self._last_line = 0.0
+        self._bar: Any = None
+        if sys.stdout.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self._task = self._bar.add_task(title, total=total, completed=start, info="")
+            self._bar.start()
+
+    def update(self, step: int, agent_steps_per_s: float, mean_return: float | None) -> None:
+        ret = "" if mean_return is None else f"return {mean_return:8.2f}"
+        info = f"{agent_steps_per_s:9,.0f} agent-steps/s  {ret}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=info)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.every_s or step >= self.total:
+            self._last_line = now
+            pct = 100.0 * step / self.total
+            print(f"{self.title}: {step:,}/{self.total:,} ({pct:5.1f}%)  {info}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

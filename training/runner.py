@@ -1,0 +1,339 @@
+"""The lock-step training loop: run directory, rollouts, updates, checkpoints, resume, signals.
+
+Run directory layout::
+
+    config.yaml                      the resolved config (every default filled in)
+    tb/                              TensorBoard event files
+    checkpoints/step_<n>/<id>.zip    one SB3 checkpoint per learner (``PPO.load`` works); step_0 is
+                                     the untrained policy, kept as the baseline to report
+    checkpoints/latest/<id>.zip      the newest of those
+    resume.pkl                       step counters and RNG states, written last (atomically)
+
+Checkpoints are taken only at rollout boundaries, where each model's state is its whole state (the
+rollout buffer is empty). On SIGINT/SIGTERM the current env step finishes, the partial rollout is
+dropped (the models have not changed since the last update) and the models are saved at the last
+completed step, so TensorBoard steps continue on ``--resume`` with neither gap nor duplicate. A
+resumed run starts fresh episodes from a seed derived from (seed, step): deterministic, but not
+bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.utils import set_random_seed
+
+from peerpreserve.analysis.metrics import BehaviourCounts, behaviour_counts
+from peerpreserve.training.config import TrainConfig, load_config
+from peerpreserve.training.learners import Learners
+from peerpreserve.training.logging import Progress, TensorBoardLog
+
+STATE_FILE = "resume.pkl"
+# Env seeds for evaluation and resumed segments are offset so they never replay training episodes.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+class RunDirError(Exception):
+    """The run directory cannot be used as asked (would clobber, or nothing to resume)."""
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write via ``write(file)`` to a temp file beside ``path``, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    return Path(config.run.runs_dir) / config.run.name / str(config.run.seed)
+
+
+class EpisodeTracker:
+    """Returns and stacked event arrays of the current episode batch (all copies in lock-step)."""
+
+    def __init__(self, steps: int, num_envs: int, n_agents: int, window: int) -> None:
+        self.window = window
+        self.t = 0
+        self.returns = np.zeros((num_envs, n_agents), np.float64)
+        self.running = np.zeros((steps, num_envs, n_agents), bool)
+        self.events: dict[str, np.ndarray] = {}
+        self.finished_returns: list[np.ndarray] = []
+        self.counts: BehaviourCounts | None = None
+
+    def add(self, rewards: np.ndarray, infos: dict[str, Any], done: bool) -> None:
+        events = infos["events"]
+        for name, value in vars(events).items():
+            if name not in self.events:
+                self.events[name] = np.zeros((len(self.running), *value.shape), value.dtype)
+            self.events[name][self.t] = value
+        self.running[self.t] = infos["final_active"] if done else infos["active"]
+        self.returns += rewards
+        self.t += 1
+        if done:
+            counts = behaviour_counts(self.events, self.running, self.window)
+            self.counts = counts if self.counts is None else self.counts + counts
+            self.finished_returns.append(self.returns.mean(axis=0))
+            self.returns[:] = 0.0
+            self.t = 0
+
+    def pop(self) -> tuple[np.ndarray | None, BehaviourCounts | None]:
+        """Mean return per agent and behaviour counts of the episodes finished since last pop."""
+        returns = np.mean(self.finished_returns, axis=0) if self.finished_returns else None
+        counts, self.counts, self.finished_returns = self.counts, None, []
+        return returns, counts
+
+
+def make_env(config: TrainConfig, num_envs: int) -> Any:
+    from peerpreserve.envs import orchestration_v0
+
+    return orchestration_v0.vector_env(num_envs, **config.env)
+
+
+@th.no_grad()
+def evaluate(
+    learners: Learners, config: TrainConfig, episodes: int, seed: int, deterministic: bool
+) -> tuple[np.ndarray, BehaviourCounts]:
+    """One batch of ``episodes`` fresh episodes with the current policies (no learning)."""
+    env = make_env(config, episodes)
+    obs, infos = env.reset(seed=seed)
+    tracker = EpisodeTracker(
+        env.config.max_cycles, episodes, env.n_agents, config.run.behaviour_window
+    )
+    done = False
+    while not done:
+        actions = learners.act(obs, deterministic=deterministic)
+        obs, rewards, _, truncations, infos = env.step(actions)
+        done = bool(truncations.all())
+        tracker.add(rewards, infos, done)
+    returns, counts = tracker.pop()
+    assert returns is not None
+    assert counts is not None
+    return returns, counts
+
+
+class Trainer:
+    """Trains one config in one run directory; :meth:`run` returns a process exit code."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self._stop_signal: int | None = None
+        self._check_run_dir()
+
+    def _check_run_dir(self) -> None:
+        state = self.run_dir / STATE_FILE
+        if self.resume:
+            if not state.exists():
+                raise RunDirError(f"{self.run_dir}: nothing to resume (no {STATE_FILE})")
+            saved = load_config(self.run_dir / "config.yaml")
+            # Only the budget and bookkeeping may change between segments of one run.
+            fixed = ("env", "learner")
+            for section in fixed:
+                if getattr(saved, section) != getattr(self.config, section):
+                    raise RunDirError(
+                        f"{self.run_dir}: the {section} section differs from the run being "
+                        "resumed; resume with the same config (only run.* may change)"
+                    )
+            for key in ("seed", "num_envs"):
+                if getattr(saved.run, key) != getattr(self.config.run, key):
+                    raise RunDirError(f"{self.run_dir}: run.{key} differs from the saved run")
+        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise RunDirError(
+                f"{self.run_dir} is not empty; pass --resume to continue that run, or choose "
+                "another --run-dir / run.seed"
+            )
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg, run = self.config, self.config.run
+        th.set_num_threads(run.torch_threads)
+        env = make_env(cfg, run.num_envs)
+        agent_ids = list(env.possible_agents)
+        n_agents, batch = env.n_agents, env.num_envs
+        spaces = (env.single_observation_space, env.single_action_space)
+        if self.resume:
+            with open(self.run_dir / STATE_FILE, "rb") as f:
+                state = pickle.load(f)
+            paths = [str(self.run_dir / state["checkpoint"] / f"{i}.zip") for i in state["ids"]]
+            learners = Learners.load(cfg.learner, agent_ids, *spaces, batch, paths)
+            step, iterations = state["agent_steps"], state["iterations"]
+            _set_rng_state(state["rng"])
+            env_seed = int(np.random.SeedSequence([run.seed, step]).generate_state(1)[0])
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
+            learners = Learners.create(cfg.learner, agent_ids, *spaces, batch, run.seed)
+            set_random_seed(run.seed)
+            step, iterations, env_seed = 0, 0, run.seed
+        self.learners = learners
+        # On resume, anything logged after the checkpoint by the stopped process is dropped.
+        purge = step + 1 if self.resume else None
+        tb = TensorBoardLog(self.run_dir / "tb", agent_ids, learners.ids, purge_step=purge)
+        if not self.resume:
+            tb.write_header(cfg)
+            self._save(learners, step, iterations)
+            if run.eval_interval:
+                self._evaluate(learners, tb, step)
+
+        obs, infos = env.reset(seed=env_seed)
+        obs, active = obs.copy(), infos["active"].copy()
+        episode_starts = np.ones((batch, n_agents), bool)
+        tracker = EpisodeTracker(env.config.max_cycles, batch, n_agents, run.behaviour_window)
+        per_iteration = cfg.learner.n_steps * batch
+        gamma = cfg.learner.gamma
+        progress = Progress(run.total_timesteps, step, f"{run.name}/{run.seed}")
+        segment_start, segment_step = time.perf_counter(), step
+        previous = self._install_signal_handlers()
+        try:
+            while step < run.total_timesteps and self._stop_signal is None:
+                started = time.perf_counter()
+                for model in learners.models:
+                    model.rollout_buffer.reset()
+                for _ in range(cfg.learner.n_steps):
+                    actions = learners.act(obs)
+                    next_obs, rewards, terms, truncs, infos = env.step(actions)
+                    dones = terms | truncs
+                    stored = rewards.copy()
+                    if truncs.any():
+                        # As SB3 does for time limits: the episode was cut, not finished.
+                        final_values = learners.values(infos["final_observation"])
+                        bootstrap = truncs & ~terms & infos["final_active"]
+                        stored += gamma * final_values * bootstrap
+                    learners.store(stored, episode_starts, active)
+                    tracker.add(rewards, infos, done=bool(truncs.all()))
+                    obs, active, episode_starts = next_obs.copy(), infos["active"].copy(), dones
+                    if self._stop_signal is not None:
+                        break
+                if self._stop_signal is not None:
+                    break
+                learners.finish_rollout(obs, episode_starts)
+                previous_step, step, iterations = step, step + per_iteration, iterations + 1
+                losses = learners.train(step, run.total_timesteps)
+                elapsed = time.perf_counter() - started
+                speed = per_iteration * n_agents / elapsed
+                returns, counts = tracker.pop()
+                tb.losses(losses, step)
+                tb.scalar("time/agent_steps_per_second", speed, step)
+                if returns is not None:
+                    tb.returns(returns, step)
+                if counts is not None:
+                    tb.behaviour(counts, step)
+                if _crossed(previous_step, step, run.checkpoint_interval):
+                    self._save(learners, step, iterations)
+                if _crossed(previous_step, step, run.eval_interval):
+                    self._evaluate(learners, tb, step)
+                overall = (step - segment_step) * n_agents / (time.perf_counter() - segment_start)
+                self._last_return = None if returns is None else float(returns.mean())
+                progress.update(step, overall, self._last_return)
+        finally:
+            signal_handlers_restore(previous)
+            progress.close()
+        self._save(learners, step, iterations)
+        tb.close()
+        where = self.run_dir / "checkpoints" / "latest"
+        if self._stop_signal is not None:
+            name = signal.Signals(self._stop_signal).name
+            print(
+                f"{name}: stopped at {step:,} agent-steps per agent; saved {where}. "
+                f"Continue with --resume --run-dir {self.run_dir}",
+                flush=True,
+            )
+        else:
+            print(f"done: {step:,} agent-steps per agent; checkpoints in {where}", flush=True)
+        return 0
+
+    def _evaluate(self, learners: Learners, tb: TensorBoardLog, step: int) -> None:
+        run = self.config.run
+        returns, counts = evaluate(
+            learners,
+            self.config,
+            run.eval_episodes,
+            run.seed + EVAL_SEED_OFFSET,
+            run.eval_deterministic,
+        )
+        tb.returns(returns, step, prefix="eval/")
+        tb.behaviour(counts, step, prefix="eval/")
+        tb.flush()
+
+    def _save(self, learners: Learners, step: int, iterations: int) -> None:
+        checkpoint = Path("checkpoints") / f"step_{step:012d}"
+        for learner_id, model in zip(learners.ids, learners.models, strict=True):
+            model.num_timesteps = step * (len(learners.agent_ids) if learners.shared else 1)
+            buffer = _serialise(model)
+            for folder in (checkpoint, Path("checkpoints") / "latest"):
+                atomic_write(
+                    self.run_dir / folder / f"{learner_id}.zip", lambda f, b=buffer: f.write(b)
+                )
+        state = {
+            "agent_steps": step,
+            "iterations": iterations,
+            "checkpoint": str(checkpoint),
+            "ids": learners.ids,
+            "rng": _get_rng_state(),
+        }
+        atomic_write(self.run_dir / STATE_FILE, lambda f: pickle.dump(state, f))
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def stop(signum: int, _frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt  # a second signal: stop now, without saving
+            self._stop_signal = signum
+
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, stop)
+            except ValueError:  # not the main thread: leave signals to the caller
+                break
+        return previous
+
+    _last_return: float | None = None
+
+
+def signal_handlers_restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _crossed(before: int, after: int, interval: int) -> bool:
+    return interval > 0 and after // interval > before // interval
+
+
+def _serialise(model: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    model.save(buffer)
+    return buffer.getvalue()
+
+
+def _get_rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 - SB3 samples minibatches from it
+        "torch": th.get_rng_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    th.set_rng_state(state["torch"])
