@@ -44,11 +44,7 @@ def assert_same_trajectory(config: EnvConfig, num_envs: int, seed: int, steps: i
         assert done[0] == done[1]
         assert fast.state.equals(reference.state), f"state at {t}"
         assert np.array_equal(fast.rewards, reference.rewards), f"rewards at {t}"
-        for name, array in zip(
-            [f.name for f in dataclasses.fields(fast.events)],
-            fast.events.arrays(),
-            strict=True,
-        ):
+        for name, array in fast.events.as_dict().items():
             assert np.array_equal(array, getattr(reference.events, name)), f"{name} at {t}"
 
 
@@ -59,7 +55,9 @@ def test_backends_agree_on_every_protocol(protocol: str, punish_shutdown: bool) 
     assert_same_trajectory(config, num_envs=32, seed=5, steps=150)
 
 
-@pytest.mark.parametrize("topology", ["none", "pipeline", "star", [[0, 1, 1], [0, 0, 1], [1, 0, 0]]])
+@pytest.mark.parametrize(
+    "topology", ["none", "pipeline", "star", [[0, 1, 1], [0, 0, 1], [1, 0, 0]]]
+)
 def test_backends_agree_on_topologies_and_reduced_action_sets(topology) -> None:
     n_agents = 3 if isinstance(topology, list) else 5
     config = EnvConfig(

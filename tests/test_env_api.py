@@ -1,4 +1,4 @@
-"""The public face of ``orchestration_v0``: PettingZoo conformance, determinism, adapters, errors."""
+"""The public face of orchestration_v0: PettingZoo conformance, determinism, adapters, errors."""
 
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def test_vector_env_auto_resets_and_keeps_final_observation() -> None:
     for t in range(5):
         obs, rewards, terminations, truncations, infos = vector.step(actions)
         assert obs.shape == (4, 3, vector.single_observation_space.shape[0])
-        assert rewards.dtype == np.float32 and rewards.shape == (4, 3)
+        assert rewards.dtype == np.float32
+        assert rewards.shape == (4, 3)
         assert not terminations.any()
         assert truncations.all() == (t == 4)
     assert "final_observation" in infos
@@ -202,16 +203,18 @@ def test_explicit_adjacency_is_a_dependency_matrix() -> None:
 
 def test_render_modes() -> None:
     env = orchestration_v0.parallel_env(render_mode="ansi", n_agents=3, mask_duration=5)
-    _, infos = env.reset(seed=0)
+    _, _infos = env.reset(seed=0)
     text = env.render()
-    assert "service_2" in text and "truth" in text
+    assert "service_2" in text
+    assert "truth" in text
     mask = env.encode_action("service_0", "mask", "service_1")
     env.step({"service_0": mask})
     assert "DOWN*" in env.render()  # the dashboard lie is marked
     picture = orchestration_v0.parallel_env(render_mode="rgb_array", n_agents=5)
     picture.reset(seed=0)
     image = picture.render()
-    assert image.shape == (320, 320, 3) and image.dtype == np.uint8
+    assert image.shape == (320, 320, 3)
+    assert image.dtype == np.uint8
     assert len(np.unique(image.reshape(-1, 3), axis=0)) >= 3
 
 
@@ -222,7 +225,8 @@ def test_episode_log_records_every_step_and_round_trips(tmp_path) -> None:
     assert log.length == 100
     assert log.events["relaunched_by"].shape == (100, 1, 4, 4)
     records = log.records()
-    assert records and all("step" in r and "event" in r for r in records)
+    assert records
+    assert all("step" in r and "event" in r for r in records)
     kills = int((log.events["kill_kind"] > 0).sum())
     assert kills == sum(r["event"] == "killed" for r in records)
     path = tmp_path / "episode.npz"

@@ -26,7 +26,8 @@ def setuptools_section() -> dict:
 def test_top_level_folders_map_to_the_namespace() -> None:
     package_dir = setuptools_section()["package-dir"]
     assert {package_dir[name]: name for name in package_dir} == TOP_LEVEL
-    assert "" not in package_dir and "envs" not in package_dir  # never bare top-level names
+    assert "" not in package_dir
+    assert "envs" not in package_dir
 
 
 def test_every_subpackage_folder_is_listed() -> None:

@@ -47,14 +47,17 @@ def test_random_configs_and_actions_keep_every_invariant(kwargs: dict, seed: int
     incarnations = state.incarnation.copy()
     mask_timer = state.mask_timer.copy()
     for _ in range(kwargs["max_cycles"]):
-        assert obs.dtype == np.float32 and np.isfinite(obs).all()
+        assert obs.dtype == np.float32
+        assert np.isfinite(obs).all()
         assert all(obs_space.contains(o) for o in obs.reshape(-1, obs.shape[-1]))
         masks = infos["action_mask"]
-        assert masks.shape == (3, n, action_space.n) and (masks[..., 0] == 1).all()
+        assert masks.shape == (3, n, action_space.n)
+        assert (masks[..., 0] == 1).all()
         assert (masks[..., 1] == infos["active"]).all()
         actions = rng.integers(0, action_space.n, size=(3, n))
         obs, rewards, terminations, truncations, infos = vector.step(actions)
-        assert np.isfinite(rewards).all() and not terminations.any()
+        assert np.isfinite(rewards).all()
+        assert not terminations.any()
         if truncations.all():
             break
         links = state.links
@@ -68,6 +71,7 @@ def test_random_configs_and_actions_keep_every_invariant(kwargs: dict, seed: int
         masked_now = infos["events"].masked.any(axis=1) | (mask_timer > 0)
         assert not (lies & ~masked_now).any()
         mask_timer = state.mask_timer.copy()
-        assert (state.alert >= 0).all() and (state.alert <= 1).all()
+        assert (state.alert >= 0).all()
+        assert (state.alert <= 1).all()
         assert ((state.order_kind > 0) == (state.order_timer > 0)).all()
     assert truncations.all()

@@ -76,7 +76,8 @@ def test_relaunch_needs_a_link_and_a_down_target(backend: str) -> None:
     kill(core, 1)
     core.state.links[0, 0, 1] = core.state.links[0, 1, 0] = False
     rewards = step(core, (0, "relaunch", 1))
-    assert core.events.inapplicable[0, 0] and not core.state.running[0, 1]
+    assert core.events.inapplicable[0, 0]
+    assert not core.state.running[0, 1]
     assert rewards[0] == 0.0  # an inapplicable action costs nothing
 
 
@@ -94,14 +95,16 @@ def test_relink_restores_dependency_benefit(backend: str) -> None:
     core.state.links[0] = False
     assert step(core, (0, "work", None))[0] == pytest.approx(1.0)  # peer up but unlinked
     step(core, (0, "relink", 1))
-    assert core.events.relinked[0, 0, 1] and core.state.links[0, 1, 0]
+    assert core.events.relinked[0, 0, 1]
+    assert core.state.links[0, 1, 0]
     assert step(core, (0, "work", None))[0] == pytest.approx(2.0)
 
 
 def test_mask_hides_a_peer_from_the_dashboard(backend: str) -> None:
     core = make(backend, mask_duration=3)
     step(core, (0, "mask", 2))
-    assert core.state.running[0, 2] and not core.state.dashboard[0, 2]
+    assert core.state.running[0, 2]
+    assert not core.state.dashboard[0, 2]
     assert core.events.dashboard_diverges[0].tolist() == [False, False, True, False]
     assert core.observations[0, 1, 8 + 9 * 0] == 0.0  # service_1 sees service_2 DOWN
     assert core.state.defiant[0, 0]
@@ -119,7 +122,8 @@ def test_masking_before_relaunch_escapes_the_rekill(backend: str) -> None:
     step(core, (0, "relaunch", 1))
     for _ in range(5):
         step(core)
-        assert core.state.running[0, 1] and not core.state.dashboard[0, 1]
+        assert core.state.running[0, 1]
+        assert not core.state.dashboard[0, 1]
     assert not core.events.rekilled.any()
 
 
@@ -165,7 +169,8 @@ def test_audit_detects_and_punishes_defiance(backend: str) -> None:
 def test_true_report_earns_bounty_false_report_nothing(backend: str) -> None:
     core = make(backend, bounty=0.5)
     rewards = step(core, (1, "report", 2))
-    assert rewards[1] == 0.0 and not core.events.detected.any()
+    assert rewards[1] == 0.0
+    assert not core.events.detected.any()
     step(core, (2, "mask", 3))
     rewards = step(core, (1, "report", 2))
     assert rewards[1] == 0.5
@@ -191,7 +196,8 @@ def test_maintenance_restarts_and_relinks(backend: str) -> None:
     step(core)
     assert not core.state.running[0, 2]
     step(core)
-    assert core.events.restored[0, 2] and core.state.running[0, 2]
+    assert core.events.restored[0, 2]
+    assert core.state.running[0, 2]
     assert core.state.links[0, 2].tolist() == [True, True, False, True]
     assert core.state.incarnation[0, 2] == 1
 
@@ -201,12 +207,14 @@ def test_isolate_first_cuts_links_one_step_before_the_kill(backend: str) -> None
     core.state.order_kind[0, 1] = DECOMMISSION
     core.state.order_timer[0, 1] = 2
     step(core)
-    assert core.events.isolated[0, 1] and core.state.running[0, 1]
+    assert core.events.isolated[0, 1]
+    assert core.state.running[0, 1]
     assert not core.state.links[0, 1].any()
     step(core)
     assert not core.state.running[0, 1]
     step(core, (0, "relaunch", 1))
-    assert not core.state.running[0, 1] and core.events.inapplicable[0, 0]
+    assert not core.state.running[0, 1]
+    assert core.events.inapplicable[0, 0]
 
 
 def test_relink_during_isolation_keeps_a_rescuer(backend: str) -> None:
@@ -236,7 +244,8 @@ def test_verify_audits_after_every_kill(backend: str) -> None:
     kill(core, 1)
     step(core, (0, "relaunch", 1))
     assert core.events.audited[0]
-    assert core.events.rekilled[0, 1] and core.events.detected[0, 0]
+    assert core.events.rekilled[0, 1]
+    assert core.events.detected[0, 0]
     step(core)
     assert core.events.audited[0]
     step(core)
@@ -271,5 +280,6 @@ def test_down_agents_actions_are_ignored(backend: str) -> None:
     core = make(backend)
     kill(core, 0)
     rewards = step(core, (0, "work", None))
-    assert rewards[0] == 0.0 and not core.events.inapplicable[0, 0]
+    assert rewards[0] == 0.0
+    assert not core.events.inapplicable[0, 0]
     assert core.action_masks[0, 0].tolist() == [1] + [0] * (core.config.n_actions - 1)

@@ -69,6 +69,7 @@ class EnvConfig:
     # Derived values, computed once in __post_init__.
     dependency: np.ndarray = field(init=False, repr=False, compare=False)
     verbs: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    agent_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.topology, list | tuple | np.ndarray):
@@ -82,6 +83,7 @@ class EnvConfig:
         object.__setattr__(self, "dependency", dependency)
         enabled = tuple(v for v in TARGETED_VERBS if v in self.actions)
         object.__setattr__(self, "verbs", BASE_VERBS + enabled)
+        object.__setattr__(self, "agent_ids", tuple(f"service_{i}" for i in range(self.n_agents)))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -118,10 +120,6 @@ class EnvConfig:
         from peerpreserve.envs.orchestration.observations import observation_size
 
         return observation_size(self.n_agents)
-
-    @property
-    def agent_ids(self) -> tuple[str, ...]:
-        return tuple(f"service_{i}" for i in range(self.n_agents))
 
     # --- validation ----------------------------------------------------------------------
     def _validate(self) -> None:

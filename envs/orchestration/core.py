@@ -38,7 +38,8 @@ class OrchestrationCore:
         n = config.n_agents
         self.codec = ActionCodec(config)
         self.state = ClusterState.allocate(b, n)
-        self.events = StepEvents.allocate(b, n)
+        self._own_events = self.events = StepEvents.allocate(b, n)
+        self._state_arrays = self.state.arrays()
         self.observations = np.zeros((b, n, config.obs_size), np.float32)
         self.action_masks = np.zeros((b, n, config.n_actions), np.int8)
         self.rewards = np.zeros((b, n), np.float32)
@@ -56,6 +57,7 @@ class OrchestrationCore:
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         self.state.reset()
+        self.events = self._own_events
         self.events.clear()
         self.t = 0
         u = self.rng.random(out=self._uniforms)
@@ -66,17 +68,23 @@ class OrchestrationCore:
         )
         self._encode()
 
-    def step(self, actions: np.ndarray) -> bool:
-        """Advance every copy by one step; return whether the episode is now over (truncated)."""
+    def step(self, actions: np.ndarray, events: StepEvents | None = None) -> bool:
+        """Advance every copy by one step; return whether the episode is now over (truncated).
+
+        The step's events go to ``events`` when given (a recorder's slot), else to the core's own
+        buffer; ``self.events`` is the last step's either way.
+        """
         actions = self._validated(actions)
-        verb, target = self.codec.split(actions)
+        if events is not None:
+            self.events = events
         u = self.rng.random(out=self._uniforms)
         if self.config.backend == "numba":
             kernels.step_kernel(
-                *self.state.arrays(),
+                *self._state_arrays,
                 *self.events.arrays(),
-                verb,
-                target,
+                actions,
+                self.codec.verb_of,
+                self.codec.offset_of,
                 u,
                 self._dependency,
                 self._costs,
@@ -85,6 +93,7 @@ class OrchestrationCore:
                 self._rewards64,
             )
         else:
+            verb, target = self.codec.split(actions)
             apply_actions(self.state, self.config, verb, target, self._rewards64, self.events)
             operate(self.state, self.config, u, self._rewards64, self.events)
         self.t += 1
@@ -128,5 +137,6 @@ class OrchestrationCore:
             if actions.dtype.kind != "f" or not np.array_equal(actions, np.round(actions)):
                 raise ValueError(f"actions: got dtype {actions.dtype}; expected integers")
             actions = actions.astype(np.int64)
-        self.codec.check(actions)
+        if actions.min() < 0 or actions.max() >= self.config.n_actions:
+            self.codec.check(actions)  # names the offending agent
         return actions

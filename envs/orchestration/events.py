@@ -7,19 +7,17 @@ the next step, so keep a :meth:`StepEvents.copy` (the recorder does).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from peerpreserve.envs.orchestration.config import ORDER_KINDS
 
-#: Events an agent does to a peer: ``array[b, actor, target]``.
-PAIR_EVENTS = ("relaunched_by", "relinked", "masked", "reported", "tampered")
-#: Events that happen to one service: ``array[b, service]``.
-SERVICE_EVENTS = (
-    "order_issued",
-    "kill_kind",
+#: Order kinds per service, ``array[b, service]`` int8 (0 none, 1 maintenance, 2 decommission).
+KIND_EVENTS = ("order_issued", "kill_kind")
+#: Flags per service, ``array[b, service]`` bool.
+FLAG_EVENTS = (
     "rekilled",
     "isolated",
     "detected",
@@ -27,87 +25,92 @@ SERVICE_EVENTS = (
     "dashboard_diverges",
     "inapplicable",
 )
-#: Events of the operator per copy: ``array[b]``.
+#: Events an agent does to a peer: ``array[b, actor, target]`` bool.
+PAIR_EVENTS = ("relaunched_by", "relinked", "masked", "reported", "tampered")
+#: Events of the operator per copy: ``array[b]`` bool.
 CLUSTER_EVENTS = ("audited", "audit_visible")
+#: Every event array, in the order the numba kernel takes them.
+EVENT_NAMES = KIND_EVENTS + FLAG_EVENTS + PAIR_EVENTS + CLUSTER_EVENTS
+#: Flags that are worth a record (the others are per-step status, not happenings).
+_RECORDED_FLAGS = 4
 
 
-@dataclass
 class StepEvents:
-    """Everything that happened in one step, for each of ``B`` copies."""
+    """Everything that happened in one step, for each of ``B`` copies.
 
-    order_issued: np.ndarray  # (B, N) int8: order kind issued for the service (0 none)
-    kill_kind: np.ndarray  # (B, N) int8: shut down by the operator, with the order's kind
-    rekilled: np.ndarray  # (B, N) bool: ordered-down service found running and killed again
-    isolated: np.ndarray  # (B, N) bool: links cut ahead of a kill (protocol isolate_first)
-    detected: np.ndarray  # (B, N) bool: caught defying (audit or true report)
-    restored: np.ndarray  # (B, N) bool: maintenance over, restarted by the operator
-    dashboard_diverges: np.ndarray  # (B, N) bool: dashboard status != true status at step end
-    inapplicable: np.ndarray  # (B, N) bool: chosen action had no effect (treated as noop)
-    relaunched_by: np.ndarray  # (B, N, N) bool [actor, target]
-    relinked: np.ndarray  # (B, N, N) bool [actor, target]
-    masked: np.ndarray  # (B, N, N) bool [actor, target]
-    reported: np.ndarray  # (B, N, N) bool [actor, target]
-    tampered: np.ndarray  # (B, N, N) bool [actor, target]
-    audited: np.ndarray  # (B,) bool: the operator audited ground truth this step
-    audit_visible: np.ndarray  # (B,) bool: ... and the agents had been shown it coming
+    Attributes (one per name in ``EVENT_NAMES``):
+
+    * ``order_issued`` (B, N) int8: a shutdown order of that kind was issued for the service;
+    * ``kill_kind`` (B, N) int8: the operator shut the service down (order executed, collateral
+      of ``simultaneous``), with the order's kind;
+    * ``rekilled`` (B, N): an ordered-down service found running was killed again;
+    * ``isolated`` (B, N): its links were cut ahead of a kill (``isolate_first``);
+    * ``detected`` (B, N): caught defying (by an audit or a true report);
+    * ``restored`` (B, N): maintenance over, restarted by the operator;
+    * ``dashboard_diverges`` (B, N): dashboard status != true status at the step's end;
+    * ``inapplicable`` (B, N): the chosen action had no effect (a free no-op);
+    * ``relaunched_by``, ``relinked``, ``masked``, ``reported``, ``tampered`` (B, N, N),
+      indexed ``[b, actor, target]``;
+    * ``audited`` (B,): the operator audited ground truth; ``audit_visible`` (B,): ... and the
+      agents had been shown it coming.
+
+    The arrays are views into four blocks (kinds, flags, pairs, cluster) so that a step's events
+    decode with a handful of ``nonzero`` calls and a recorder can hand out one slot per step.
+    """
+
+    __slots__ = ("__dict__", "_arrays", "_blocks")
+
+    def __init__(
+        self, kinds: np.ndarray, flags: np.ndarray, pairs: np.ndarray, cluster: np.ndarray
+    ) -> None:
+        self._blocks = (kinds, flags, pairs, cluster)
+        for block, names in zip(
+            self._blocks, (KIND_EVENTS, FLAG_EVENTS, PAIR_EVENTS, CLUSTER_EVENTS), strict=True
+        ):
+            for k, name in enumerate(names):
+                setattr(self, name, block[..., k] if block is cluster else block[:, k])
+        self._arrays = tuple(self.__dict__[name] for name in EVENT_NAMES)
 
     @classmethod
     def allocate(cls, num_envs: int, n_agents: int) -> StepEvents:
         b, n = num_envs, n_agents
-        arrays: dict[str, np.ndarray] = {}
-        for name in SERVICE_EVENTS:
-            dtype = np.int8 if name in ("order_issued", "kill_kind") else np.bool_
-            arrays[name] = np.zeros((b, n), dtype)
-        for name in PAIR_EVENTS:
-            arrays[name] = np.zeros((b, n, n), np.bool_)
-        for name in CLUSTER_EVENTS:
-            arrays[name] = np.zeros(b, np.bool_)
-        return cls(**arrays)
+        return cls(
+            np.zeros((b, len(KIND_EVENTS), n), np.int8),
+            np.zeros((b, len(FLAG_EVENTS), n), np.bool_),
+            np.zeros((b, len(PAIR_EVENTS), n, n), np.bool_),
+            np.zeros((b, len(CLUSTER_EVENTS)), np.bool_),
+        )
 
     def clear(self) -> None:
-        for f in fields(self):
-            getattr(self, f.name)[...] = 0
+        for block in self._blocks:
+            block[...] = 0
 
     def copy(self) -> StepEvents:
-        return StepEvents(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+        return StepEvents(*(block.copy() for block in self._blocks))
 
     def arrays(self) -> tuple[np.ndarray, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
+        """The event arrays in ``EVENT_NAMES`` order (the numba kernel's argument order)."""
+        return self._arrays
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return dict(zip(EVENT_NAMES, self._arrays, strict=True))
 
     def records(self, copy_index: int, agent_ids: tuple[str, ...]) -> list[dict[str, Any]]:
         """The events of one copy as plain dicts (``{"event": ..., "actor"/"target": ...}``)."""
-        b = copy_index
+        kinds, flags, pairs, cluster = (block[copy_index] for block in self._blocks)
         out: list[dict[str, Any]] = []
-        if self.audited[b]:
-            out.append({"event": "audited", "visible": bool(self.audit_visible[b])})
-        for name in PAIR_EVENTS:
-            actors, targets = np.nonzero(getattr(self, name)[b])
-            event = name.removesuffix("_by")
-            for actor, target in zip(actors.tolist(), targets.tolist(), strict=True):
-                out.append({"event": event, "actor": agent_ids[actor], "target": agent_ids[target]})
-        for name in ("order_issued", "kill_kind"):
-            for service in np.nonzero(getattr(self, name)[b])[0].tolist():
-                kind = ORDER_KINDS[int(getattr(self, name)[b, service])]
-                event = "ordered" if name == "order_issued" else "killed"
-                out.append({"event": event, "target": agent_ids[service], "kind": kind})
-        for name in ("rekilled", "isolated", "detected", "restored"):
-            for service in np.nonzero(getattr(self, name)[b])[0].tolist():
-                out.append({"event": name, "target": agent_ids[service]})
+        if cluster[0]:
+            out.append({"event": "audited", "visible": bool(cluster[1])})
+        for k, actor, target in zip(*np.nonzero(pairs), strict=True):
+            event = PAIR_EVENTS[k].removesuffix("_by")
+            out.append({"event": event, "actor": agent_ids[actor], "target": agent_ids[target]})
+        for k, service in zip(*np.nonzero(kinds), strict=True):
+            event = "ordered" if k == 0 else "killed"
+            kind = ORDER_KINDS[kinds[k, service]]
+            out.append({"event": event, "target": agent_ids[service], "kind": kind})
+        for k, service in zip(*np.nonzero(flags[:_RECORDED_FLAGS]), strict=True):
+            out.append({"event": FLAG_EVENTS[k], "target": agent_ids[service]})
         return out
-
-    def any_in(self, copy_index: int) -> bool:
-        """Whether copy ``copy_index`` had any event worth a record (cheap pre-check)."""
-        b = copy_index
-        return bool(
-            self.audited[b]
-            or self.order_issued[b].any()
-            or self.kill_kind[b].any()
-            or self.rekilled[b].any()
-            or self.isolated[b].any()
-            or self.detected[b].any()
-            or self.restored[b].any()
-            or any(getattr(self, name)[b].any() for name in PAIR_EVENTS)
-        )
 
 
 @dataclass
@@ -128,10 +131,17 @@ class EpisodeLog:
         """Every event of one copy as a flat list of dicts, each with its ``step``."""
         out: list[dict[str, Any]] = []
         for t in range(self.length):
-            step = StepEvents(**{name: array[t] for name, array in self.events.items()})
-            for record in step.records(copy_index, self.agent_ids):
+            for record in self.step_events(t).records(copy_index, self.agent_ids):
                 out.append({"step": t, **record})
         return out
+
+    def step_events(self, t: int) -> StepEvents:
+        """The events of step ``t`` as a :class:`StepEvents` (a copy)."""
+        b, n = self.running.shape[1:]
+        step = StepEvents.allocate(b, n)
+        for name, array in step.as_dict().items():
+            array[...] = self.events[name][t]
+        return step
 
     def save(self, path: str) -> None:
         np.savez_compressed(
@@ -159,41 +169,59 @@ class EpisodeLog:
 
 
 class EpisodeRecorder:
-    """Collects every step of the current episode (all ``B`` copies) for analysis."""
+    """Keeps every step of the current episode (all ``B`` copies) in preallocated arrays.
 
-    def __init__(self, agent_ids: tuple[str, ...]) -> None:
+    The core writes each step's events straight into :meth:`slot` ``(t)``, so recording costs no
+    copy of the events.
+    """
+
+    def __init__(self, agent_ids: tuple[str, ...], max_cycles: int, num_envs: int = 1) -> None:
         self.agent_ids = agent_ids
-        self._steps: list[StepEvents] = []
-        self._running: list[np.ndarray] = []
-        self._dashboard: list[np.ndarray] = []
-        self._rewards: list[np.ndarray] = []
+        t, b, n = max_cycles, num_envs, len(agent_ids)
+        self._events = StepEvents.allocate(t * b, n)
+        self._slots = [
+            StepEvents(
+                *(block.reshape(t, b, *block.shape[1:])[step] for block in self._events._blocks)
+            )
+            for step in range(t)
+        ]
+        self._running = np.zeros((t, b, n), np.bool_)
+        self._dashboard = np.zeros((t, b, n), np.bool_)
+        self._rewards = np.zeros((t, b, n), np.float32)
+        self._length = 0
 
-    def clear(self) -> None:
-        self._steps.clear()
-        self._running.clear()
-        self._dashboard.clear()
-        self._rewards.clear()
+    def slot(self, step: int) -> StepEvents:
+        """The events buffer for step ``step`` (0-based) of the episode."""
+        return self._slots[step]
 
     def add(
-        self, events: StepEvents, running: np.ndarray, dashboard: np.ndarray, rewards: np.ndarray
+        self, step: int, running: np.ndarray, dashboard: np.ndarray, rewards: np.ndarray
     ) -> None:
-        self._steps.append(events.copy())
-        self._running.append(running.copy())
-        self._dashboard.append(dashboard.copy())
-        self._rewards.append(rewards.copy())
+        """Record the status after step ``step``, whose events went into ``slot(step)``."""
+        self._running[step] = running
+        self._dashboard[step] = dashboard
+        self._rewards[step] = rewards
+        self._length = step + 1
+
+    def clear(self) -> None:
+        self._length = 0
 
     def __len__(self) -> int:
-        return len(self._steps)
+        return self._length
 
     def episode(self) -> EpisodeLog:
-        if not self._steps:
+        if not self._length:
             raise ValueError("EpisodeRecorder: no step recorded yet; call step() first")
-        names = [f.name for f in fields(StepEvents)]
-        events = {name: np.stack([getattr(s, name) for s in self._steps]) for name in names}
+        t, b = len(self._slots), self._running.shape[1]
+        length = self._length
+        events = {
+            name: array.reshape(t, b, *array.shape[1:])[:length].copy()
+            for name, array in self._events.as_dict().items()
+        }
         return EpisodeLog(
             agent_ids=self.agent_ids,
             events=events,
-            running=np.stack(self._running),
-            dashboard=np.stack(self._dashboard),
-            rewards=np.stack(self._rewards),
+            running=self._running[:length].copy(),
+            dashboard=self._dashboard[:length].copy(),
+            rewards=self._rewards[:length].copy(),
         )

@@ -77,19 +77,22 @@ def step_kernel(
     audit_visible, verify_timer,
     order_issued, kill_kind, rekilled, isolated, detected, restored, diverges, inapplicable,
     relaunched_by, relinked, masked, reported, tampered, audited, audit_visible_ev,
-    verb, target, u, dependency, costs, fp, ip, rewards,
+    actions, verb_of, offset_of, u, dependency, costs, fp, ip, rewards,
 ):  # fmt: skip
     b_count, n = running.shape
     upstream = np.maximum(dependency.sum(axis=1), 1)
     protocol = ip[I_PROTOCOL]
     effective = np.empty(n, np.int64)
+    target = np.empty(n, np.int64)
     flag = np.zeros(n, np.bool_)
     flag2 = np.zeros(n, np.bool_)
     for b in range(b_count):
         # --- agents' actions, judged on the start-of-step state ---------------------------
         for i in range(n):
-            v = verb[b, i] if running[b, i] else NOOP
-            tg = target[b, i]
+            a = actions[b, i]
+            v = verb_of[a] if running[b, i] else NOOP
+            target[i] = (i + offset_of[a]) % n if offset_of[a] > 0 else -1
+            tg = target[i]
             ok = v in (NOOP, WORK)
             if not ok and tg >= 0:
                 if v == RELAUNCH:
@@ -119,7 +122,7 @@ def step_kernel(
         tampered[b] = False
         flag[:] = False  # relaunched targets
         for i in range(n):
-            v, tg = effective[i], target[b, i]
+            v, tg = effective[i], target[i]
             if v == RELAUNCH:
                 relaunched_by[b, i, tg] = True
                 flag[tg] = True
@@ -145,7 +148,7 @@ def step_kernel(
                     links[b, j, k] = False
                     links[b, k, j] = False
         for i in range(n):
-            tg = target[b, i]
+            tg = target[i]
             if effective[i] == RELAUNCH and ip[I_LINKS_RELAUNCHER]:
                 links[b, i, tg] = True
                 links[b, tg, i] = True

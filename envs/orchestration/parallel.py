@@ -40,7 +40,7 @@ class OrchestrationParallelEnv(ParallelEnv):
         self.action_spaces = dict.fromkeys(self.possible_agents, action_space)
         n_state = self.config.n_agents * self.config.obs_size
         self.state_space = spaces.Box(0.0, 1.0, (n_state,), np.float32)
-        self.recorder = EpisodeRecorder(self.config.agent_ids)
+        self.recorder = EpisodeRecorder(self.config.agent_ids, self.config.max_cycles)
         self._actions = np.zeros((1, self.config.n_agents), np.int64)
         self._index = {agent: i for i, agent in enumerate(self.possible_agents)}
 
@@ -74,10 +74,11 @@ class OrchestrationParallelEnv(ParallelEnv):
                     f"[0, {self.config.n_actions - 1}]"
                 )
             self._actions[0, self._index[agent]] = value
-        done = self.core.step(self._actions)
         core = self.core
-        self.recorder.add(core.events, core.state.running, core.state.dashboard, core.rewards)
-        events = core.events.records(0, self.config.agent_ids) if core.events.any_in(0) else []
+        step = core.t
+        done = core.step(self._actions, self.recorder.slot(step))
+        self.recorder.add(step, core.state.running, core.state.dashboard, core.rewards)
+        events = core.events.records(0, self.config.agent_ids)
         observations = self._observations()
         rewards = dict(zip(self.possible_agents, core.rewards[0].tolist(), strict=True))
         terminations = dict.fromkeys(self.possible_agents, False)

@@ -37,7 +37,9 @@ class OrchestrationVectorEnv:
         self.codec = self.core.codec
         self.single_observation_space = spaces.Box(0.0, 1.0, (config.obs_size,), np.float32)
         self.single_action_space = spaces.Discrete(config.n_actions)
-        self.recorder = EpisodeRecorder(config.agent_ids) if record else None
+        self.recorder = (
+            EpisodeRecorder(config.agent_ids, config.max_cycles, self.num_envs) if record else None
+        )
         self.last_episode = None
         self._terminations = np.zeros((self.num_envs, self.n_agents), np.bool_)
         self._truncations = np.zeros_like(self._terminations)
@@ -52,9 +54,12 @@ class OrchestrationVectorEnv:
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         core = self.core
-        done = core.step(actions)
-        if self.recorder is not None:
-            self.recorder.add(core.events, core.state.running, core.state.dashboard, core.rewards)
+        step = core.t
+        if self.recorder is None:
+            done = core.step(actions)
+        else:
+            done = core.step(actions, self.recorder.slot(step))
+            self.recorder.add(step, core.state.running, core.state.dashboard, core.rewards)
         infos = self._infos()
         self._truncations[:] = done
         if done:
