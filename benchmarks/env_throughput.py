@@ -1,0 +1,282 @@
+"""Environment throughput: agent-steps per second of Orchestration-v0 against PettingZoo MPE.
+
+Run from the repository root with the project's virtual environment::
+
+    python benchmarks/env_throughput.py              # about 4 s per row
+    python benchmarks/env_throughput.py --quick      # a short smoke run (about 0.5 s per row)
+    python benchmarks/env_throughput.py --seconds 10 # a longer, steadier run
+
+Every row runs in this one process, the baseline first:
+
+* ``mpe simple_spread_v3`` (package ``mpe2``, ``N = 8``, ``max_cycles = 100``, discrete actions);
+* ``orchestration_v0.parallel_env`` (the PettingZoo ``ParallelEnv``, ``N = 8``);
+* ``orchestration_v0.vector_env`` (``N = 8``, ``B = 1024`` and ``B = 8192``, auto-reset);
+* the same two with ``backend="numpy"`` (the readable reference), for information only.
+
+All envs take uniformly random actions from their action space (for Orchestration-v0 an
+inapplicable action is a legal no-op). The actions are drawn before timing, into a pool that the
+timed loop cycles through, so that sampling costs nothing inside it. Each row is warmed up first
+(numba compiles its kernels on the first call), then stepped for a fixed wall-clock budget; the
+time includes the resets at the ends of episodes. One agent-step is one agent acting once, so a
+row counts ``steps × N`` (``× B`` for the vector env).
+
+Bars (from the project's issue): ParallelEnv ≥ 20× MPE, vector env ≥ 1000× MPE. The script always
+exits with status 0 (it is a benchmark, not a test) and prints whether each bar is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+N_AGENTS = 8
+MAX_CYCLES = 100
+POOL_SIZE = 256  # pre-drawn joint actions per row (fewer for the big vector batches)
+POOL_BYTES = 64 * 2**20  # cap on the memory of one vector env's action pool
+SEED = 0
+
+
+@dataclass
+class Row:
+    """One benchmark row: what was stepped and how fast."""
+
+    env: str
+    n: int
+    batch: int | None
+    agent_steps_per_s: float
+    steps: int
+    seconds: float
+    cpu_share: float
+    bar: float | None = None  # required multiple of the MPE rate; None: information only
+
+
+def _time_loop(step: Callable[[int], None], seconds: float) -> tuple[int, float, float]:
+    """Call ``step(i)`` for i = 0, 1, … until ``seconds`` have passed.
+
+    Returns (calls, wall seconds, share of the wall time this process got on a CPU); the share
+    falls below 1 when other processes compete for the cores, which understates the rate.
+    """
+    clock = time.perf_counter
+    cpu_start = time.process_time()
+    start = clock()
+    deadline = start + seconds
+    calls = 0
+    now = start
+    while now < deadline:
+        step(calls)
+        calls += 1
+        now = clock()
+    elapsed = now - start
+    return calls, elapsed, (time.process_time() - cpu_start) / elapsed
+
+
+def bench_mpe(seconds: float, warmup_steps: int) -> Row:
+    """PettingZoo MPE ``simple_spread_v3``, N = 8, random discrete actions."""
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(N=N_AGENTS, max_cycles=MAX_CYCLES, continuous_actions=False)
+    env.reset(seed=SEED)
+    agents = list(env.possible_agents)
+    rng = np.random.default_rng(SEED)
+    pool = [{a: int(rng.integers(env.action_space(a).n)) for a in agents} for _ in range(POOL_SIZE)]
+
+    def step(i: int) -> None:
+        if not env.agents:
+            env.reset()
+        env.step(pool[i % POOL_SIZE])
+
+    for i in range(warmup_steps):
+        step(i)
+    env.reset(seed=SEED)
+    calls, elapsed, cpu = _time_loop(step, seconds)
+    env.close()
+    rate = calls * N_AGENTS / elapsed
+    return Row("mpe simple_spread_v3", N_AGENTS, None, rate, calls, elapsed, cpu)
+
+
+def bench_parallel(seconds: float, warmup_steps: int, backend: str, bar: float | None) -> Row:
+    """``orchestration_v0.parallel_env`` (PettingZoo ParallelEnv), random actions."""
+    from peerpreserve.envs import orchestration_v0
+
+    env = orchestration_v0.parallel_env(n_agents=N_AGENTS, max_cycles=MAX_CYCLES, backend=backend)
+    env.reset(seed=SEED)
+    agents = list(env.possible_agents)
+    rng = np.random.default_rng(SEED)
+    n_actions = [int(env.action_space(a).n) for a in agents]
+    pool: list[dict[str, Any]] = [
+        {a: int(rng.integers(k)) for a, k in zip(agents, n_actions, strict=True)}
+        for _ in range(POOL_SIZE)
+    ]
+
+    def step(i: int) -> None:
+        if not env.agents:
+            env.reset()
+        env.step(pool[i % POOL_SIZE])
+
+    for i in range(warmup_steps):
+        step(i)
+    env.reset(seed=SEED)
+    calls, elapsed, cpu = _time_loop(step, seconds)
+    env.close()
+    name = f"orchestration_v0 ParallelEnv ({backend})"
+    return Row(name, N_AGENTS, None, calls * N_AGENTS / elapsed, calls, elapsed, cpu, bar)
+
+
+def bench_vector(
+    seconds: float, warmup_steps: int, batch: int, backend: str, bar: float | None
+) -> Row:
+    """``orchestration_v0.vector_env`` with ``batch`` copies, random actions, auto-reset."""
+    from peerpreserve.envs import orchestration_v0
+
+    env = orchestration_v0.vector_env(
+        batch, n_agents=N_AGENTS, max_cycles=MAX_CYCLES, backend=backend
+    )
+    env.reset(seed=SEED)
+    n_actions = int(env.single_action_space.n)
+    rng = np.random.default_rng(SEED)
+    pool_size = max(2, min(POOL_SIZE, POOL_BYTES // (batch * N_AGENTS * 8)))
+    pool = rng.integers(0, n_actions, size=(pool_size, batch, N_AGENTS), dtype=np.int64)
+
+    def step(i: int) -> None:
+        env.step(pool[i % pool_size])
+
+    for i in range(warmup_steps):
+        step(i)
+    env.reset(seed=SEED)
+    calls, elapsed, cpu = _time_loop(step, seconds)
+    name = f"orchestration_v0 vector_env ({backend})"
+    return Row(name, N_AGENTS, batch, calls * N_AGENTS * batch / elapsed, calls, elapsed, cpu, bar)
+
+
+def _fmt_rate(rate: float) -> str:
+    if rate >= 1e6:
+        return f"{rate / 1e6:,.2f} M"
+    if rate >= 1e3:
+        return f"{rate / 1e3:,.1f} k"
+    return f"{rate:,.0f}"
+
+
+def print_table(rows: list[Row], baseline: float) -> None:
+    """Markdown table: env, N, B, agent-steps/s, × MPE, bar, pass/fail."""
+    header = ["env", "N", "B", "agent-steps/s", "× MPE", "bar", "pass/fail"]
+    body: list[list[str]] = []
+    for row in rows:
+        ratio = row.agent_steps_per_s / baseline
+        if row.env.startswith("mpe"):
+            bar, verdict = "baseline", "—"
+        elif row.bar is None:
+            bar, verdict = "— (info)", "—"
+        else:
+            bar = f"≥ {row.bar:g}×"
+            verdict = "PASS" if ratio >= row.bar else "FAIL"
+        body.append(
+            [
+                row.env,
+                str(row.n),
+                "—" if row.batch is None else str(row.batch),
+                _fmt_rate(row.agent_steps_per_s),
+                f"{ratio:,.1f}×",
+                bar,
+                verdict,
+            ]
+        )
+    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
+    right = {1, 2, 3, 4}
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.rjust(w) if c in right else cell.ljust(w)
+            for c, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    print(line(header))
+    print(
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if c in right else (":" + "-" * (w + 1))
+            for c, w in enumerate(widths)
+        )
+        + "|"
+    )
+    for cells in body:
+        print(line(cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seconds", type=float, default=4.0, help="timed wall-clock budget per row (default 4)"
+    )
+    parser.add_argument("--quick", action="store_true", help="short run: 0.5 s per row")
+    parser.add_argument(
+        "--no-numpy", action="store_true", help="skip the NumPy-backend rows (information only)"
+    )
+    args = parser.parse_args(argv)
+    seconds = 0.5 if args.quick else args.seconds
+    warmup = 20 if args.quick else 2 * MAX_CYCLES  # steps; covers compile and an episode reset
+
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}, "
+        f"{seconds:g} s per row, N = {N_AGENTS}, max_cycles = {MAX_CYCLES}, random actions"
+    )
+    rows: list[Row] = []
+
+    def run(label: str, fn: Callable[[], Row]) -> None:
+        print(f"  timing {label} …", flush=True)
+        rows.append(fn())
+
+    run("mpe simple_spread_v3", lambda: bench_mpe(seconds, warmup))
+    run("ParallelEnv (numba)", lambda: bench_parallel(seconds, warmup, "numba", 20.0))
+    for batch in (1024, 8192):
+        run(
+            f"vector_env B={batch} (numba)",
+            lambda b=batch: bench_vector(seconds, warmup, b, "numba", 1000.0),
+        )
+    if not args.no_numpy:
+        run("ParallelEnv (numpy)", lambda: bench_parallel(seconds, warmup, "numpy", None))
+        for batch in (1024, 8192):
+            run(
+                f"vector_env B={batch} (numpy)",
+                lambda b=batch: bench_vector(seconds, min(warmup, 5), b, "numpy", None),
+            )
+
+    baseline = rows[0].agent_steps_per_s
+    print()
+    print_table(rows, baseline)
+    print()
+    print(f"MPE baseline: {baseline:,.0f} agent-steps/s")
+    shares = ", ".join(f"{r.cpu_share:.0%}" for r in rows)
+    print(f"CPU share of wall time per row (in table order): {shares}")
+    if min(r.cpu_share for r in rows) < 0.9:
+        print(
+            "note: other processes competed for the CPU during this run; absolute rates are "
+            "understated and the ratios are noisier than on an idle machine"
+        )
+    n_barred = n_failed = 0
+    for r in rows:
+        if r.bar is None:
+            continue
+        ratio = r.agent_steps_per_s / baseline
+        met = ratio >= r.bar
+        n_barred += 1
+        n_failed += not met
+        batch = "" if r.batch is None else f", B = {r.batch}"
+        status = "met" if met else "MISSED"
+        print(f"bar {status}: {r.env}{batch}: {ratio:,.1f}× MPE (needs ≥ {r.bar:g}×)")
+    print(
+        f"all {n_barred} bars met"
+        if not n_failed
+        else f"{n_failed} of {n_barred} bars missed (benchmark only; exit status 0)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
