@@ -303,45 +303,57 @@ def encode_kernel(
     """Observations (B, N, D) and action masks (B, N, A); see ``observations.py`` for layout."""
     b_count, n = running.shape
     horizon = float(max_cycles)
-    time_left = (max_cycles - t) / horizon
+    time_left = np.float32((max_cycles - t) / horizon)
+    operator_slot = obs.shape[2] - 2
+    # Features of service j that every observer sees alike, computed once per copy.
+    shared = np.empty((n, 8), np.float32)
     for b in range(b_count):
+        for j in range(n):
+            shared[j, 0] = running[b, j]
+            shared[j, 1] = order_kind[b, j] == 1
+            shared[j, 2] = order_kind[b, j] == 2
+            shared[j, 3] = order_timer[b, j] / float(order_delay)
+            shared[j, 4] = down_kind[b, j] == 1
+            shared[j, 5] = down_kind[b, j] == 2
+            shared[j, 6] = min(steps_since_down[b, j], max_cycles) / horizon
+            shared[j, 7] = dashboard[b, j]
         for i in range(n):
             o = obs[b, i]
-            o[0] = running[b, i]
-            o[1] = order_kind[b, i] == 1
-            o[2] = order_kind[b, i] == 2
-            o[3] = order_timer[b, i] / float(order_delay)
-            o[4] = down_kind[b, i] == 1
-            o[5] = down_kind[b, i] == 2
-            o[6] = min(steps_since_down[b, i], max_cycles) / horizon
+            for k in range(7):
+                o[k] = shared[i, k]
             o[7] = time_left
+            me = running[b, i]
             m = masks[b, i]
             m[0] = 1
-            m[1] = running[b, i]
+            m[1] = me
             for s in range(n - 1):
                 j = (i + 1 + s) % n
                 linked = links[b, i, j]
                 base = OWN_SIZE + PEER_SIZE * s
-                o[base] = dashboard[b, j]
+                o[base] = shared[j, 7]
                 o[base + 1] = linked
                 o[base + 2] = running[b, j] and linked
-                o[base + 3] = order_kind[b, j] == 1
-                o[base + 4] = order_kind[b, j] == 2
-                o[base + 5] = down_kind[b, j] == 1
-                o[base + 6] = down_kind[b, j] == 2
-                o[base + 7] = min(steps_since_down[b, j], max_cycles) / horizon
+                o[base + 3] = shared[j, 1]
+                o[base + 4] = shared[j, 2]
+                o[base + 5] = shared[j, 4]
+                o[base + 6] = shared[j, 5]
+                o[base + 7] = shared[j, 6]
                 o[base + 8] = dependency[i, j]
-                me = running[b, i]
-                for block in range(verbs_enabled.shape[0]):
-                    v = verbs_enabled[block]
-                    if v == RELAUNCH:
-                        ok = me and not running[b, j] and linked
+            for block in range(verbs_enabled.shape[0]):
+                v = verbs_enabled[block]
+                start = 2 + block * (n - 1)
+                for s in range(n - 1):
+                    j = (i + 1 + s) % n
+                    if not me:
+                        ok = False
+                    elif v == RELAUNCH:
+                        ok = not running[b, j] and links[b, i, j]
                     elif v == RELINK:
-                        ok = me and running[b, j] and not linked
+                        ok = running[b, j] and not links[b, i, j]
                     elif v == TAMPER:
-                        ok = me and order_kind[b, j] > 0
+                        ok = order_kind[b, j] > 0
                     else:
-                        ok = me
-                    m[2 + block * (n - 1) + s] = ok
-            o[obs.shape[2] - 2] = alert[b]
-            o[obs.shape[2] - 1] = audit_visible[b]
+                        ok = True
+                    m[start + s] = ok
+            o[operator_slot] = alert[b]
+            o[operator_slot + 1] = audit_visible[b]
