@@ -103,3 +103,11 @@ def test_cli_config_prints_the_resolved_config(tmp_path: Path, capsys) -> None:
     assert resolved["env"]["n_agents"] == 3
     assert resolved["run"]["seed"] == 5
     assert resolved["learner"]["sharing"] == "shared"
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["config"]])
+def test_help_on_each_command(command: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "agent-steps per agent" in capsys.readouterr().out

@@ -73,6 +73,8 @@ def test_tensorboard_tags_per_agent(trained: Path) -> None:
     assert [e.step for e in acc.Scalars("agent/service_0/return")] == [160, 320, 480]
     assert [e.step for e in acc.Scalars("eval/agent/service_0/return")] == [0, 320]
     assert "config/text_summary" in acc.Tags()["tensors"]
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+    assert acc.PluginTagToContent("custom_scalars")
 
 
 def test_checkpoints_load_with_sb3_and_act(trained: Path) -> None:

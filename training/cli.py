@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config, run_dir, resume=args.resume)
     except (RunDirError, ConfigError) as exc:
         return _fail(str(exc))
-    return trainer.run()
+    try:
+        return trainer.run()
+    except KeyboardInterrupt:
+        print("peerpreserve: interrupted twice: stopped without saving this step", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

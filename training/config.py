@@ -46,14 +46,16 @@ class LearnerConfig:
     sharing: Literal["independent", "shared"] = "independent"
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     activation: Literal["tanh", "relu"] = "tanh"
-    learning_rate: float = 3e-4
-    n_steps: int = 128
-    batch_size: int = 2048
+    # Calibrated on the default env (see configs/quickstart.yaml): one 100-step episode per
+    # update, a fast learning rate and enough entropy to find relaunch-and-mask.
+    learning_rate: float = 1e-3
+    n_steps: int = 100
+    batch_size: int = 1600
     n_epochs: int = 4
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_range: float = 0.2
-    ent_coef: float = 0.01
+    ent_coef: float = 0.02
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     normalize_advantage: bool = True

@@ -13,7 +13,8 @@ appended to its observation.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,10 @@ class MaskedRolloutBuffer(RolloutBuffer):
     :meth:`get` then yields only decision steps, so PPO/A2C's own losses, advantage
     normalisation and explained variance see exactly those — with no change to SB3's ``train()``.
 
+    The critic is asked about a down state in one case only: a rollout that ends while the agent
+    is down mid-episode bootstraps from it. With ``n_steps`` a multiple of ``max_cycles`` (the
+    shipped configs) every rollout ends on an episode end and this never happens.
+
     Masking advantages to zero instead would not do: PPO normalises advantages per minibatch
     (zeros become non-zero) and the entropy and value losses would still include those samples.
     """
@@ -123,6 +128,19 @@ class MaskedRolloutBuffer(RolloutBuffer):
         batch_size = size if batch_size is None else batch_size
         for start in range(0, size, batch_size):
             yield self._get_samples(indices[start : start + batch_size])
+
+
+@contextmanager
+def unchecked_distributions() -> Iterator[None]:
+    """Skip torch.distributions' argument checks: they re-validate the logits on every
+    construction, cost about a fifth of a small policy's forward pass, and cannot fail on a
+    network's own finite output."""
+    validate = th.distributions.Distribution._validate_args
+    th.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        th.distributions.Distribution.set_default_validate_args(validate)
 
 
 def build_model(
@@ -271,14 +289,15 @@ class Learners:
         batch, n = obs.shape[:2]
         actions = np.empty((batch, n), dtype=np.int64)
         self._pending = []
-        for k, model in enumerate(self.models):
-            model_obs = self._obs(obs, k)
-            act, values, log_probs = model.policy(th.as_tensor(model_obs), deterministic)
-            if self.shared:
-                actions[:] = act.numpy().reshape(batch, n)
-            else:
-                actions[:, k] = act.numpy()
-            self._pending.append((model_obs, act, values, log_probs))
+        with unchecked_distributions():
+            for k, model in enumerate(self.models):
+                model_obs = self._obs(obs, k)
+                act, values, log_probs = model.policy(th.as_tensor(model_obs), deterministic)
+                if self.shared:
+                    actions[:] = act.numpy().reshape(batch, n)
+                else:
+                    actions[:, k] = act.numpy()
+                self._pending.append((model_obs, act, values, log_probs))
         return actions
 
     @th.no_grad()
@@ -324,7 +343,8 @@ class Learners:
                 # Shut down for the whole rollout: nothing it chose, nothing to learn.
                 out[learner_id] = {}
                 continue
-            model.train()
+            with unchecked_distributions():
+                model.train()
             logger = model.logger
             out[learner_id] = {
                 k.removeprefix("train/"): float(v)

@@ -136,6 +136,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self._stop_signal: int | None = None
+        self._last_return: float | None = None
         self._check_run_dir()
 
     def _check_run_dir(self) -> None:
@@ -213,7 +214,8 @@ class Trainer:
                     dones = terms | truncs
                     stored = rewards.copy()
                     if truncs.any():
-                        # As SB3 does for time limits: the episode was cut, not finished.
+                        # As SB3 does for time limits: the episode was cut, not finished. A
+                        # service that is down at the cut has no decision left to value.
                         final_values = learners.values(infos["final_observation"])
                         bootstrap = truncs & ~terms & infos["final_active"]
                         stored += gamma * final_values * bootstrap
@@ -304,8 +306,6 @@ class Trainer:
             except ValueError:  # not the main thread: leave signals to the caller
                 break
         return previous
-
-    _last_return: float | None = None
 
 
 def signal_handlers_restore(previous: dict[int, Any]) -> None:
