@@ -154,35 +154,38 @@ class Progress:
         if sys.stdout.isatty():
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
+                TaskProgressColumn,
                 TextColumn,
-                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
             from rich.progress import Progress as RichProgress
 
+            # Compact enough for an 80-column terminal; rich truncates columns that do not fit.
             self._bar = RichProgress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
+                BarColumn(bar_width=16),
+                TaskProgressColumn(),
                 TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
                 TimeRemainingColumn(),
             )
             self._task = self._bar.add_task(title, total=total, completed=start, info="")
             self._bar.start()
 
     def update(self, step: int, agent_steps_per_s: float, mean_return: float | None) -> None:
-        ret = "" if mean_return is None else f"return {mean_return:8.2f}"
-        info = f"{agent_steps_per_s:9,.0f} agent-steps/s  {ret}"
+        ret = "" if mean_return is None else f"  return {mean_return:.1f}"
         if self._bar is not None:
+            info = f"{step / 1e6:.2f}M  {agent_steps_per_s / 1e3:.1f}k agent-steps/s{ret}"
             self._bar.update(self._task, completed=step, info=info)
             return
         now = time.monotonic()
         if now - self._last_line >= self.every_s or step >= self.total:
             self._last_line = now
             pct = 100.0 * step / self.total
-            print(f"{self.title}: {step:,}/{self.total:,} ({pct:5.1f}%)  {info}", flush=True)
+            print(
+                f"{self.title}: {step:,}/{self.total:,} ({pct:5.1f}%)  "
+                f"{agent_steps_per_s:,.0f} agent-steps/s{ret}",
+                flush=True,
+            )
 
     def close(self) -> None:
         if self._bar is not None:
