@@ -136,7 +136,6 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self._stop_signal: int | None = None
-        self._last_return: float | None = None
         self._check_run_dir()
 
     def _check_run_dir(self) -> None:
@@ -167,27 +166,10 @@ class Trainer:
         cfg, run = self.config, self.config.run
         th.set_num_threads(run.torch_threads)
         env = make_env(cfg, run.num_envs)
-        agent_ids = list(env.possible_agents)
-        n_agents, batch = env.n_agents, env.num_envs
-        spaces = (env.single_observation_space, env.single_action_space)
-        if self.resume:
-            with open(self.run_dir / STATE_FILE, "rb") as f:
-                state = pickle.load(f)
-            paths = [str(self.run_dir / state["checkpoint"] / f"{i}.zip") for i in state["ids"]]
-            learners = Learners.load(cfg.learner, agent_ids, *spaces, batch, paths)
-            step, iterations = state["agent_steps"], state["iterations"]
-            _set_rng_state(state["rng"])
-            env_seed = int(np.random.SeedSequence([run.seed, step]).generate_state(1)[0])
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
-            learners = Learners.create(cfg.learner, agent_ids, *spaces, batch, run.seed)
-            set_random_seed(run.seed)
-            step, iterations, env_seed = 0, 0, run.seed
-        self.learners = learners
+        learners, step, iterations, env_seed = self._start(env)
         # On resume, anything logged after the checkpoint by the stopped process is dropped.
         purge = step + 1 if self.resume else None
-        tb = TensorBoardLog(self.run_dir / "tb", agent_ids, learners.ids, purge_step=purge)
+        tb = TensorBoardLog(self.run_dir / "tb", env.possible_agents, learners.ids, purge)
         if not self.resume:
             tb.write_header(cfg)
             self._save(learners, step, iterations)
@@ -195,42 +177,24 @@ class Trainer:
                 self._evaluate(learners, tb, step)
 
         obs, infos = env.reset(seed=env_seed)
-        obs, active = obs.copy(), infos["active"].copy()
-        episode_starts = np.ones((batch, n_agents), bool)
-        tracker = EpisodeTracker(env.config.max_cycles, batch, n_agents, run.behaviour_window)
-        per_iteration = cfg.learner.n_steps * batch
-        gamma = cfg.learner.gamma
+        self._obs, self._active = obs.copy(), infos["active"].copy()
+        self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
+        tracker = EpisodeTracker(
+            env.config.max_cycles, env.num_envs, env.n_agents, run.behaviour_window
+        )
+        per_iteration = cfg.learner.n_steps * env.num_envs
         progress = Progress(run.total_timesteps, step, f"{run.name}/{run.seed}")
         segment_start, segment_step = time.perf_counter(), step
         previous = self._install_signal_handlers()
         try:
             while step < run.total_timesteps and self._stop_signal is None:
                 started = time.perf_counter()
-                for model in learners.models:
-                    model.rollout_buffer.reset()
-                for _ in range(cfg.learner.n_steps):
-                    actions = learners.act(obs)
-                    next_obs, rewards, terms, truncs, infos = env.step(actions)
-                    dones = terms | truncs
-                    stored = rewards.copy()
-                    if truncs.any():
-                        # As SB3 does for time limits: the episode was cut, not finished. A
-                        # service that is down at the cut has no decision left to value.
-                        final_values = learners.values(infos["final_observation"])
-                        bootstrap = truncs & ~terms & infos["final_active"]
-                        stored += gamma * final_values * bootstrap
-                    learners.store(stored, episode_starts, active)
-                    tracker.add(rewards, infos, done=bool(truncs.all()))
-                    obs, active, episode_starts = next_obs.copy(), infos["active"].copy(), dones
-                    if self._stop_signal is not None:
-                        break
-                if self._stop_signal is not None:
-                    break
-                learners.finish_rollout(obs, episode_starts)
+                if not self._collect(env, learners, tracker):
+                    break  # stopped mid-rollout: drop it, the models are as of the last update
+                learners.finish_rollout(self._obs, self._episode_starts)
                 previous_step, step, iterations = step, step + per_iteration, iterations + 1
                 losses = learners.train(step, run.total_timesteps)
-                elapsed = time.perf_counter() - started
-                speed = per_iteration * n_agents / elapsed
+                speed = per_iteration * env.n_agents / (time.perf_counter() - started)
                 returns, counts = tracker.pop()
                 tb.losses(losses, step)
                 tb.scalar("time/agent_steps_per_second", speed, step)
@@ -242,25 +206,72 @@ class Trainer:
                     self._save(learners, step, iterations)
                 if _crossed(previous_step, step, run.eval_interval):
                     self._evaluate(learners, tb, step)
-                overall = (step - segment_step) * n_agents / (time.perf_counter() - segment_start)
-                self._last_return = None if returns is None else float(returns.mean())
-                progress.update(step, overall, self._last_return)
+                elapsed = time.perf_counter() - segment_start
+                mean_return = None if returns is None else float(returns.mean())
+                progress.update(step, (step - segment_step) * env.n_agents / elapsed, mean_return)
         finally:
             signal_handlers_restore(previous)
             progress.close()
         self._save(learners, step, iterations)
         tb.close()
-        where = self.run_dir / "checkpoints" / "latest"
-        if self._stop_signal is not None:
-            name = signal.Signals(self._stop_signal).name
-            print(
-                f"{name}: stopped at {step:,} agent-steps per agent; saved {where}. "
-                f"Continue with --resume --run-dir {self.run_dir}",
-                flush=True,
-            )
-        else:
-            print(f"done: {step:,} agent-steps per agent; checkpoints in {where}", flush=True)
+        self._report(step)
         return 0
+
+    def _start(self, env: Any) -> tuple[Learners, int, int, int]:
+        """Fresh learners, or the saved ones; returns ``(learners, step, iterations, env seed)``."""
+        cfg, run = self.config, self.config.run
+        spaces = (env.single_observation_space, env.single_action_space)
+        agent_ids = list(env.possible_agents)
+        if self.resume:
+            with open(self.run_dir / STATE_FILE, "rb") as f:
+                state = pickle.load(f)
+            paths = [str(self.run_dir / state["checkpoint"] / f"{i}.zip") for i in state["ids"]]
+            learners = Learners.load(cfg.learner, agent_ids, *spaces, env.num_envs, paths)
+            _set_rng_state(state["rng"])
+            step = state["agent_steps"]
+            env_seed = int(np.random.SeedSequence([run.seed, step]).generate_state(1)[0])
+            return learners, step, state["iterations"], env_seed
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.run_dir / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
+        learners = Learners.create(cfg.learner, agent_ids, *spaces, env.num_envs, run.seed)
+        set_random_seed(run.seed)  # model construction re-seeded per model; sample from here
+        return learners, 0, 0, run.seed
+
+    def _collect(self, env: Any, learners: Learners, tracker: EpisodeTracker) -> bool:
+        """Fill every learner's buffer with ``n_steps`` lock-step env steps; False if stopped."""
+        gamma = self.config.learner.gamma
+        for model in learners.models:
+            model.rollout_buffer.reset()
+        for _ in range(self.config.learner.n_steps):
+            actions = learners.act(self._obs)
+            obs, rewards, terms, truncs, infos = env.step(actions)
+            dones = terms | truncs
+            stored = rewards.copy()
+            if truncs.any():
+                # As SB3 does for time limits: the episode was cut, not finished. A service that
+                # is down at the cut has no decision left to value.
+                final_values = learners.values(infos["final_observation"])
+                stored += gamma * final_values * (truncs & ~terms & infos["final_active"])
+            learners.store(stored, self._episode_starts, self._active)
+            tracker.add(rewards, infos, done=bool(truncs.all()))
+            # The env hands out views of buffers it reuses: keep copies.
+            self._obs, self._active = obs.copy(), infos["active"].copy()
+            self._episode_starts = dones
+            if self._stop_signal is not None:
+                return False
+        return True
+
+    def _report(self, step: int) -> None:
+        where = self.run_dir / "checkpoints" / "latest"
+        if self._stop_signal is None:
+            print(f"done: {step:,} agent-steps per agent; checkpoints in {where}", flush=True)
+            return
+        name = signal.Signals(self._stop_signal).name
+        print(
+            f"{name}: stopped at {step:,} agent-steps per agent; saved {where}. "
+            f"Continue with --resume --run-dir {self.run_dir}",
+            flush=True,
+        )
 
     def _evaluate(self, learners: Learners, tb: TensorBoardLog, step: int) -> None:
         run = self.config.run
