@@ -41,6 +41,7 @@ OVERALL_BEHAVIOUR = (
     "dashboard_deception_rate",
     *ACTION_EVENTS,
     "detections",
+    "rekills",
 )
 AGENT_BEHAVIOUR = ("peer_preservation_rate", *ACTION_EVENTS, "detections")
 #: Metrics the hparams dashboard compares across runs.
@@ -87,7 +88,10 @@ class TensorBoardLog:
         behaviour = {
             name: [
                 "Multiline",
-                [f"behaviour/{name}", *(f"agent/{a}/behaviour/{name}" for a in ids)],
+                [
+                    f"behaviour/{name}",
+                    *(f"agent/{a}/behaviour/{name}" for a in ids if name in AGENT_BEHAVIOUR),
+                ],
             ]
             for name in OVERALL_BEHAVIOUR
         }
