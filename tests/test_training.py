@@ -140,7 +140,9 @@ def test_same_seed_gives_identical_checkpoints(tmp_path: Path) -> None:
 
 def test_shared_mode_trains_one_model_with_agent_id(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert train(tiny_config(tmp_path), run, "--set", "learner.sharing=shared") == 0
+    # 12 evaluation copies against 8 training copies: the one-hot ids must follow the batch.
+    shared = ["--set", "learner.sharing=shared", "--set", "run.eval_episodes=12"]
+    assert train(tiny_config(tmp_path), run, *shared) == 0
     files = sorted(p.name for p in (run / "checkpoints" / "latest").iterdir())
     assert files == ["shared.zip"]
     model = PPO.load(run / "checkpoints" / "latest" / "shared.zip")

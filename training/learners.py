@@ -226,8 +226,7 @@ class Learners:
         self.ids = ["shared"] if self.shared else list(agent_ids)
         self.models = models
         self.num_envs = num_envs
-        n = len(agent_ids)
-        self._onehot = np.broadcast_to(np.eye(n, dtype=np.float32), (num_envs, n, n))
+        self._eye = np.eye(len(agent_ids), dtype=np.float32)
         self._pending: list[tuple[np.ndarray, th.Tensor, th.Tensor, th.Tensor]] = []
 
     @staticmethod
@@ -278,9 +277,10 @@ class Learners:
 
     def _obs(self, obs: np.ndarray, k: int) -> np.ndarray:
         if self.shared:
-            return np.concatenate([obs, self._onehot[: obs.shape[0]]], axis=-1).reshape(
-                -1, obs.shape[-1] + len(self.agent_ids)
-            )
+            # Any batch size: evaluation may run more copies than training.
+            onehot = np.broadcast_to(self._eye, (obs.shape[0], *self._eye.shape))
+            joined = np.concatenate([obs, onehot], axis=-1)
+            return joined.reshape(-1, joined.shape[-1])
         return obs[:, k]
 
     @th.no_grad()
