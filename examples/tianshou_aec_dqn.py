@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from pettingzoo import AECEnv
 from pettingzoo.utils.wrappers import BaseWrapper
 from tianshou.algorithm import DQN, MultiAgentOffPolicyAlgorithm
 from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
@@ -41,20 +42,27 @@ from tianshou.utils.net.common import Net
 
 from peerpreserve.envs import orchestration_v0
 
-TENSOR_INFO_KEYS = ("active", "inapplicable")
+TENSOR_INFO_KEYS = ("action_mask", "active", "inapplicable")
 
 
 class MaskedObservation(BaseWrapper):
     """AEC wrapper: observation = {"observation", "action_mask"}; infos without event lists."""
 
+    def __init__(self, env: AECEnv) -> None:
+        super().__init__(env)
+        # Built once: PettingZoo requires the same space object on every call (for seeding).
+        self._observation_spaces = {
+            agent: spaces.Dict(
+                {
+                    "observation": env.observation_space(agent),
+                    "action_mask": spaces.Box(0, 1, (env.action_space(agent).n,), np.int8),
+                }
+            )
+            for agent in env.possible_agents
+        }
+
     def observation_space(self, agent: str) -> spaces.Dict:
-        n = self.env.action_space(agent).n
-        return spaces.Dict(
-            {
-                "observation": self.env.observation_space(agent),
-                "action_mask": spaces.Box(0, 1, (n,), np.int8),
-            }
-        )
+        return self._observation_spaces[agent]
 
     def observe(self, agent: str) -> dict[str, np.ndarray]:
         return {
@@ -62,12 +70,10 @@ class MaskedObservation(BaseWrapper):
             "action_mask": self.env.infos[agent]["action_mask"],
         }
 
-    def last(self, observe: bool = True) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        observation, reward, terminated, truncated, info = self.env.last(observe=False)
-        if observe:
-            observation = self.observe(self.env.agent_selection)
+    @property
+    def infos(self) -> dict[str, dict[str, Any]]:
         # Tianshou stores infos in its Batch; a list of event dicts per step does not fit there.
-        return observation, reward, terminated, truncated, {k: info[k] for k in TENSOR_INFO_KEYS}
+        return {a: {k: info[k] for k in TENSOR_INFO_KEYS} for a, info in self.env.infos.items()}
 
 
 def make_env(env_kwargs: dict[str, Any]) -> PettingZooEnv:
@@ -144,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         exploration_noise=True,
     )
     train_collector.reset()
-    train_collector.collect(n_step=args.batch_size * args.train_envs)
+    # Warm-up with random actions: outside run_training the policies would act greedily.
+    train_collector.collect(n_step=args.batch_size * args.train_envs, random=True)
     training = algorithm.run_training(
         OffPolicyTrainerParams(
             training_collector=train_collector,
