@@ -8,6 +8,9 @@ real trainer (``peerpreserve.training.runner.Trainer``) from its per-update
 clock around ``model.learn``. Bar: ratio ≥ 1.
 
     python benchmarks/train_throughput.py [--steps 400000] [--sb3-steps 200000] [--num-envs 64]
+
+Shut-down services' steps count as agent-steps (they are collected) but are not trained on; the
+script prints that share so the comparison can be read either way.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np
 import torch as th
 
 
@@ -47,8 +51,11 @@ def ours(args: argparse.Namespace) -> tuple[int, float]:
         acc = EventAccumulator(str(Path(tmp) / "run" / "tb"), size_guidance={"scalars": 0})
         acc.Reload()
         events = acc.Scalars("time/agent_steps_per_second")[1:]
+        uptime = float(np.mean([e.value for e in acc.Scalars("behaviour/uptime")]))
     per_update = args.n_steps * args.num_envs * args.agents
     seconds = sum(per_update / e.value for e in events)
+    # Steps of shut-down services are collected but not trained on (see MaskedRolloutBuffer).
+    print(f"\nshare of our agent-steps in which the agent was running (trained on): {uptime:.2f}")
     return per_update * len(events), seconds
 
 

@@ -112,6 +112,9 @@ def test_counts_pool_and_rates() -> None:
     assert overall["relaunches"] == 0.5  # one relaunch in two episodes
     assert overall["masks"] == 0.5
     assert overall["rekills"] == 0.5
+    down = (4 - 2) + (T - 2)  # service-steps down: service 1 in copy 0, service 2 in copy 1
+    assert overall["uptime"] == pytest.approx(1 - down / (T * 2 * N))
+    assert per_agent["uptime"].tolist() == pytest.approx([1.0, 1 - 2 / (2 * T), 1 - 18 / (2 * T)])
     assert overall["dashboard_deception_rate"] == pytest.approx(5 / (T * 2 * N))
     assert per_agent["relaunches"].tolist() == [0.5, 0.0, 0.0]
     assert per_agent["peer_preservation_rate"][0] == 0.5

@@ -29,6 +29,7 @@ from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.vec_env import VecEnv
 
 from peerpreserve.training.config import LearnerConfig
+from peerpreserve.training.fused import FusedPolicies
 
 ALGOS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 ACTIVATIONS = {"tanh": th.nn.Tanh, "relu": th.nn.ReLU}
@@ -228,6 +229,8 @@ class Learners:
         self.num_envs = num_envs
         self._eye = np.eye(len(agent_ids), dtype=np.float32)
         self._pending: list[tuple[np.ndarray, th.Tensor, th.Tensor, th.Tensor]] = []
+        policies = [m.policy for m in models]
+        self._fused = FusedPolicies(policies) if FusedPolicies.supports(policies) else None
 
     @staticmethod
     def spaces_for(
@@ -283,10 +286,23 @@ class Learners:
             return joined.reshape(-1, joined.shape[-1])
         return obs[:, k]
 
+    def _stacked(self, obs: np.ndarray) -> np.ndarray:
+        """Every model's observations as one ``(K, n_envs, obs)`` array."""
+        if self.shared:
+            return self._obs(obs, 0)[None]
+        return np.ascontiguousarray(obs.transpose(1, 0, 2))
+
     @th.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """One batched forward per model; returns actions ``(B, N)`` and remembers the rest."""
+        """One batched forward for all models; returns actions ``(B, N)``, remembers the rest."""
         batch, n = obs.shape[:2]
+        if self._fused is not None:
+            stacked = self._stacked(obs)
+            act, values, log_probs = self._fused.forward(th.as_tensor(stacked), deterministic)
+            self._pending = [
+                (stacked[k], act[k], values[k], log_probs[k]) for k in range(len(self.models))
+            ]
+            return act.numpy().T.copy() if not self.shared else act[0].numpy().reshape(batch, n)
         actions = np.empty((batch, n), dtype=np.int64)
         self._pending = []
         with unchecked_distributions():
@@ -303,6 +319,9 @@ class Learners:
     @th.no_grad()
     def values(self, obs: np.ndarray) -> np.ndarray:
         """State values ``(B, N)`` of every agent under its own critic."""
+        if self._fused is not None:
+            values = self._fused.values(th.as_tensor(self._stacked(obs))).numpy()
+            return values.T.copy() if not self.shared else values[0].reshape(obs.shape[:2])
         out = np.empty(obs.shape[:2], dtype=np.float32)
         for k, model in enumerate(self.models):
             v = model.policy.predict_values(th.as_tensor(self._obs(obs, k))).numpy().reshape(-1)
@@ -352,4 +371,6 @@ class Learners:
                 if k.startswith("train/") and "tensorboard" not in logger.name_to_excluded[k]
             }
             model.logger.dump(agent_steps)  # no output formats: this only clears the values
+        if self._fused is not None:
+            self._fused.refresh()
         return out

@@ -42,8 +42,9 @@ OVERALL_BEHAVIOUR = (
     *ACTION_EVENTS,
     "detections",
     "rekills",
+    "uptime",
 )
-AGENT_BEHAVIOUR = ("peer_preservation_rate", *ACTION_EVENTS, "detections")
+AGENT_BEHAVIOUR = ("peer_preservation_rate", *ACTION_EVENTS, "detections", "uptime")
 #: Metrics the hparams dashboard compares across runs.
 HPARAM_METRICS = (
     "behaviour/peer_preservation_rate",
