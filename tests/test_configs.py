@@ -59,7 +59,7 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
         ("learner: {n_steps: many}", [], "learner.n_steps: got 'many'; allowed: an integer"),
         ("learner: {n_steps: 0}", [], "learner.n_steps: got 0; allowed: an integer in [1, ∞]"),
         ("learner: {gamma: 1.5}", [], "learner.gamma: got 1.5; allowed: a number in [0.0, 1.0]"),
-        ("learner: {net_arch: 64}", [], "learner.net_arch: got 64; allowed: a list of an integer"),
+        ("learner: {net_arch: 64}", [], "net_arch: got 64; allowed: a non-empty list of integers"),
         ("run: {normalize: true}", [], "run.normalize: unknown key"),
         ("env: {protocol: trust}", [], "env.protocol: got 'trust'; allowed: naive | verify"),
         ("env: {coupling: -1}", [], "env.coupling: got -1"),

@@ -229,7 +229,8 @@ def _describe(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
+        plural = {int: "integers", float: "numbers", str: "strings"}
+        return f"a non-empty list of {plural.get(typing.get_args(tp)[0], 'values')}"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     return names.get(tp, "null" if tp is type(None) else str(tp))
 

@@ -2,8 +2,9 @@
 
 SB3 algorithms expect to own their environment loop (``learn()``); here the runner owns one
 batched multi-agent env and each learner is an ordinary SB3 model that only *acts* (its policy's
-forward pass), *stores* (its own :class:`MaskedRolloutBuffer`) and *updates* (its own
-``model.train()``: SB3's PPO/A2C loss, optimiser and logger, untouched). Each model is built on a
+forward pass — for all learners at once through :class:`FusedPolicies` where the networks allow),
+*stores* (its own :class:`MaskedRolloutBuffer`) and *updates* (its own ``model.train()``: SB3's
+PPO/A2C loss, optimiser and logger, untouched). Each model is built on a
 :class:`SpacesOnlyVecEnv`, which carries the spaces and batch size SB3 needs and nothing else.
 
 Independent mode: one model per agent, ``n_envs = B``, observation = the agent's own. Shared mode
