@@ -35,7 +35,7 @@ from stable_baselines3.common.utils import set_random_seed
 from peerpreserve.analysis.metrics import BehaviourCounts, behaviour_counts
 from peerpreserve.training.config import TrainConfig, load_config
 from peerpreserve.training.learners import Learners
-from peerpreserve.training.logging import Progress, TensorBoardLog
+from peerpreserve.training.logs import Progress, TensorBoardLog
 
 STATE_FILE = "resume.pkl"
 # Env seeds for evaluation and resumed segments are offset so they never replay training episodes.

@@ -1,5 +1,7 @@
 """What a user sees: TensorBoard scalars/layout/hparams/config text, and a progress display.
 
+(Not named ``logging.py``: run as a script from this folder, that would shadow the stdlib.)
+
 TensorBoard tags (all at step = agent-steps per agent):
 
 - ``agent/<id>/return`` — mean undiscounted episode return of that agent
