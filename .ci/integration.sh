@@ -20,6 +20,7 @@ if [ "$#" -gt 0 ]; then sets=("$@"); else sets=(rllib marl); fi
 
 summary=()
 status=0
+reports="$(mktemp -d)"
 for name in "${sets[@]}"; do
     case "$name" in
         rllib)
@@ -82,10 +83,10 @@ EOF
     start=$SECONDS
     set +e
     PEERPRESERVE_INTEGRATION_REQUIRE="$require" "$venv/bin/python" -m pytest -q \
-        -m integration tests/integration
+        -m integration tests/integration --junitxml="$reports/$name-integration.xml"
     rc=$?
     if [ "$rc" -eq 0 ] && [ "${#extra_tests[@]}" -gt 0 ]; then
-        "$venv/bin/python" -m pytest -q "${extra_tests[@]}"
+        "$venv/bin/python" -m pytest -q "${extra_tests[@]}" --junitxml="$reports/$name-extra.xml"
         rc=$?
     fi
     set -e
@@ -96,4 +97,19 @@ done
 
 echo "=== integration summary"
 printf '%s\n' "${summary[@]}"
+# One closing line over every run, in the form CI's log reader knows.
+"$PYTHON" - "$reports" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+passed = failed = skipped = 0
+for report in sorted(Path(sys.argv[1]).glob("*.xml")):
+    for suite in ET.parse(report).getroot().iter("testsuite"):
+        total, skip = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+        bad = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        passed, failed, skipped = passed + total - skip - bad, failed + bad, skipped + skip
+print(f"integration: {passed} passed, {failed} failed, {skipped} skipped")
+EOF
+rm -rf "$reports"
 exit "$status"

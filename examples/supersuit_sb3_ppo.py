@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "MlpPolicy",
         venv,
         n_steps=args.n_steps,
-        batch_size=min(256, args.n_steps * slots),
+        batch_size=max(1, args.n_steps * slots // 4),  # 4 minibatches per epoch, none ragged
         n_epochs=4,
         ent_coef=0.01,
         seed=args.seed,  # SB3 calls venv.seed(): the reason for SeededSB3VecEnv

@@ -186,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         policy,
         frames_per_batch=args.frames,
         total_frames=args.frames * args.iterations,
+        # A feed-forward policy needs no InitTracker; opt out of torchrl 0.14's auto-append hint.
+        auto_register_policy_transforms=False,
     )
     history: list[dict[str, float]] = []
     for iteration, batch in enumerate(collector, start=1):
