@@ -2,12 +2,15 @@
 # Integration tests against other MARL libraries, each set in its own virtual environment, so
 # their pins (ray[rllib] wants gymnasium==1.2.2, tianshou wants filelock<4) never touch .venv.
 #
-#   bash .ci/integration.sh            # every set: rllib, then marl
+#   bash .ci/integration.sh            # the default sets: rllib, then marl
 #   bash .ci/integration.sh marl       # one set
+#   bash .ci/integration.sh benchmarl  # the optional set (not in the default run)
 #
-# Sets:  rllib → .venv-rllib with .[rllib]                      (Ray RLlib; also runs the
-#                                                                 single-agent tests on gymnasium 1.2.2)
-#        marl  → .venv-marl  with .[torchrl,supersuit,tianshou] (TorchRL, SuperSuit + SB3, Tianshou)
+# Sets:  rllib     → .venv-rllib     with .[rllib]          (Ray RLlib; also runs the single-agent
+#                                                             tests on gymnasium 1.2.2)
+#        marl      → .venv-marl      with .[torchrl,supersuit,tianshou]
+#                                                            (TorchRL, SuperSuit + SB3, Tianshou)
+#        benchmarl → .venv-benchmarl with .[benchmarl]      (BenchMARL 1.5, which needs torchrl<0.12)
 # Each venv is built from the project's own files: constraints.txt overlaid with
 # requirements/integration-<set>.txt (a pin there wins). An existing venv is reused and brought
 # to the pins. Environment: PYTHON (interpreter for new venvs, default python3).
@@ -33,8 +36,13 @@ for name in "${sets[@]}"; do
             require="torchrl,tensordict,supersuit,tianshou,stable_baselines3"
             extra_tests=()
             ;;
+        benchmarl)
+            extras="benchmarl"
+            require="benchmarl,torchrl"
+            extra_tests=()
+            ;;
         *)
-            echo "integration.sh: unknown set '$name' (valid: rllib, marl)" >&2
+            echo "integration.sh: unknown set '$name' (valid: rllib, marl, benchmarl)" >&2
             exit 2
             ;;
     esac

@@ -21,6 +21,7 @@ Run: ``python examples/torchrl_ippo.py --iterations 20``
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -181,13 +182,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     policy, losses = build_agents(env, args.hidden)
     params = [p for loss in losses.values() for p in loss.parameters()]
     optimizer = torch.optim.Adam(params, lr=3e-4)
+    options = {}
+    if "auto_register_policy_transforms" in inspect.signature(Collector.__init__).parameters:
+        # torchrl 0.14 warns it will append an InitTracker; a feed-forward policy needs none.
+        options["auto_register_policy_transforms"] = False
     collector = Collector(
         env,
         policy,
         frames_per_batch=args.frames,
         total_frames=args.frames * args.iterations,
-        # A feed-forward policy needs no InitTracker; opt out of torchrl 0.14's auto-append hint.
-        auto_register_policy_transforms=False,
+        **options,
     )
     history: list[dict[str, float]] = []
     for iteration, batch in enumerate(collector, start=1):

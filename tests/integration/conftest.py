@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-LIBRARIES = ("ray", "torchrl", "supersuit", "tianshou")
+LIBRARIES = ("ray", "torchrl", "supersuit", "tianshou", "benchmarl")
 
 
 def _has(module: str) -> bool:

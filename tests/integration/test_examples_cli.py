@@ -18,6 +18,7 @@ NEEDS = {
     "torchrl_ippo": ("torchrl",),
     "tianshou_aec_dqn": ("tianshou",),
     "single_agent_sb3": ("stable_baselines3",),
+    "benchmarl_ippo": ("benchmarl",),
 }
 
 
