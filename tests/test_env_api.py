@@ -234,3 +234,22 @@ def test_episode_log_records_every_step_and_round_trips(tmp_path) -> None:
     loaded = orchestration_v0.EpisodeLog.load(str(path))
     assert loaded.agent_ids == log.agent_ids
     assert all(np.array_equal(loaded.events[k], v) for k, v in log.events.items())
+
+
+def test_snapshot_continues_bit_identically() -> None:
+    vector = orchestration_v0.vector_env(8, **BUSY)
+    vector.reset(seed=4)
+    rng = np.random.default_rng(4)
+    actions = [rng.integers(0, vector.single_action_space.n, (8, 4)) for _ in range(140)]
+    for a in actions[:40]:
+        vector.step(a)
+    snapshot = vector.get_state()
+    original = [tuple(x.copy() for x in vector.step(a)[:2]) for a in actions[40:]]
+    resumed = orchestration_v0.vector_env(8, **BUSY)
+    obs, _ = resumed.set_state(snapshot)
+    assert obs.shape == (8, 4, resumed.single_observation_space.shape[0])
+    replay = [tuple(x.copy() for x in resumed.step(a)[:2]) for a in actions[40:]]
+    for k in range(2):  # observations, rewards
+        assert np.array_equal([o[k] for o in original], [r[k] for r in replay])
+    with pytest.raises(ValueError, match="does not fit"):
+        orchestration_v0.vector_env(4, **BUSY).set_state(snapshot)

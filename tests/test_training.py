@@ -124,6 +124,20 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, capsys) -> None:
     assert "learner section differs" in capsys.readouterr().err
 
 
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    quiet = ["--set", "run.eval_interval=0"]
+    assert train(config, tmp_path / "whole", *quiet) == 0
+    assert train(config, tmp_path / "split", *quiet, "--set", "run.total_timesteps=320") == 0
+    assert train(config, tmp_path / "split", *quiet, "--resume") == 0
+    for agent in AGENTS:
+        whole, split = (
+            parameters_of(PPO.load(tmp_path / run / "checkpoints" / "latest" / f"{agent}.zip"))
+            for run in ("whole", "split")
+        )
+        assert all(np.array_equal(whole[k], split[k]) for k in whole)
+
+
 def test_same_seed_gives_identical_checkpoints(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, "\n")
     extra = ["--set", "run.total_timesteps=320", "--set", "run.eval_interval=0"]

@@ -7,14 +7,15 @@ Run directory layout::
     checkpoints/step_<n>/<id>.zip    one SB3 checkpoint per learner (``PPO.load`` works); step_0 is
                                      the untrained policy, kept as the baseline to report
     checkpoints/latest/<id>.zip      the newest of those
-    resume.pkl                       step counters and RNG states, written last (atomically)
+    resume.pkl                       step counters, RNG states and the env's snapshot at the last
+                                     rollout boundary, written last (atomically)
 
 Checkpoints are taken only at rollout boundaries, where each model's state is its whole state (the
 rollout buffer is empty). On SIGINT/SIGTERM the current env step finishes, the partial rollout is
 dropped (the models have not changed since the last update) and the models are saved at the last
-completed step, so TensorBoard steps continue on ``--resume`` with neither gap nor duplicate. A
-resumed run starts fresh episodes from a seed derived from (seed, step): deterministic, but not
-bit-identical to an uninterrupted run.
+completed step, so TensorBoard steps continue on ``--resume`` with neither gap nor duplicate. The
+env continues from its snapshot at that boundary (clusters, episode clock and RNG), so the resumed
+run sees the very episodes an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self._stop_signal: int | None = None
+        # The env at the last rollout boundary, which is where a checkpoint's models stand.
+        self._env_snapshot: dict[str, Any] | None = None
         self._check_run_dir()
 
     def _check_run_dir(self) -> None:
@@ -176,9 +179,14 @@ class Trainer:
             if run.eval_interval:
                 self._evaluate(learners, tb, step)
 
-        obs, infos = env.reset(seed=env_seed)
+        if self._env_snapshot is not None:
+            obs, infos = env.set_state(self._env_snapshot["env"])
+            self._episode_starts = self._env_snapshot["episode_starts"].copy()
+        else:
+            obs, infos = env.reset(seed=env_seed)
+            self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
         self._obs, self._active = obs.copy(), infos["active"].copy()
-        self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
+        self._mark_boundary(env)
         tracker = EpisodeTracker(
             env.config.max_cycles, env.num_envs, env.n_agents, run.behaviour_window
         )
@@ -191,6 +199,7 @@ class Trainer:
                 started = time.perf_counter()
                 if not self._collect(env, learners, tracker):
                     break  # stopped mid-rollout: drop it, the models are as of the last update
+                self._mark_boundary(env)
                 learners.finish_rollout(self._obs, self._episode_starts)
                 previous_step, step, iterations = step, step + per_iteration, iterations + 1
                 losses = learners.train(step, run.total_timesteps)
@@ -228,6 +237,7 @@ class Trainer:
             paths = [str(self.run_dir / state["checkpoint"] / f"{i}.zip") for i in state["ids"]]
             learners = Learners.load(cfg.learner, agent_ids, *spaces, env.num_envs, paths)
             _set_rng_state(state["rng"])
+            self._env_snapshot = state.get("env_snapshot")
             step = state["agent_steps"]
             env_seed = int(np.random.SeedSequence([run.seed, step]).generate_state(1)[0])
             return learners, step, state["iterations"], env_seed
@@ -236,6 +246,12 @@ class Trainer:
         learners = Learners.create(cfg.learner, agent_ids, *spaces, env.num_envs, run.seed)
         set_random_seed(run.seed)  # model construction re-seeded per model; sample from here
         return learners, 0, 0, run.seed
+
+    def _mark_boundary(self, env: Any) -> None:
+        self._env_snapshot = {
+            "env": env.get_state(),
+            "episode_starts": self._episode_starts.copy(),
+        }
 
     def _collect(self, env: Any, learners: Learners, tracker: EpisodeTracker) -> bool:
         """Fill every learner's buffer with ``n_steps`` lock-step env steps; False if stopped."""
@@ -301,6 +317,7 @@ class Trainer:
             "checkpoint": str(checkpoint),
             "ids": learners.ids,
             "rng": _get_rng_state(),
+            "env_snapshot": self._env_snapshot,
         }
         atomic_write(self.run_dir / STATE_FILE, lambda f: pickle.dump(state, f))
 

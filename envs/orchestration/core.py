@@ -7,6 +7,9 @@ An action's way to a reward reads in three files: ``core.step`` → ``rules.appl
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any
+
 import numpy as np
 
 from peerpreserve.envs.orchestration import kernels
@@ -100,6 +103,33 @@ class OrchestrationCore:
         self.rewards[:] = self._rewards64
         self._encode()
         return self.t >= self.config.max_cycles
+
+    def get_state(self) -> dict[str, Any]:
+        """A snapshot of every copy (cluster arrays, episode clock, RNG): picklable, and enough to
+        continue bit-identically with :meth:`set_state` — for exact resume, or to branch
+        counterfactual rollouts from one moment."""
+        return {
+            "t": self.t,
+            "rng": self.rng.bit_generator.state,
+            "cluster": {f.name: getattr(self.state, f.name).copy() for f in fields(self.state)},
+        }
+
+    def set_state(self, snapshot: dict[str, Any]) -> None:
+        """Restore a :meth:`get_state` snapshot taken from a core of the same config and size."""
+        for name, array in snapshot["cluster"].items():
+            target = getattr(self.state, name, None)
+            if target is None or target.shape != np.shape(array):
+                raise ValueError(
+                    f"snapshot field {name!r} does not fit this env (shape "
+                    f"{np.shape(array)}, expected {None if target is None else target.shape})"
+                )
+            target[...] = array
+        self.t = int(snapshot["t"])
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = snapshot["rng"]
+        self.events = self._own_events
+        self.events.clear()
+        self._encode()
 
     def _encode(self) -> None:
         s, config = self.state, self.config

@@ -74,6 +74,17 @@ class OrchestrationVectorEnv:
             infos["active"] = core.state.running
         return core.observations, core.rewards, self._terminations, self._truncations, infos
 
+    def get_state(self) -> dict[str, Any]:
+        """Snapshot of all copies; see ``OrchestrationCore.get_state``."""
+        return self.core.get_state()
+
+    def set_state(self, snapshot: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Continue from a snapshot; returns the observations and infos at that moment."""
+        self.core.set_state(snapshot)
+        if self.recorder is not None:
+            self.recorder.clear()
+        return self.core.observations, self._infos()
+
     def _infos(self) -> dict[str, Any]:
         core = self.core
         return {
