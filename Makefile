@@ -23,9 +23,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## test: lint, then the default test run (no slow, no integration tests)
+## test: lint, then the default test run (pytest's default markers: no slow, no integration tests)
 test: lint
-	$(BIN)/python -m pytest -m "not slow and not integration"
+	$(BIN)/python -m pytest
 
 test-all: lint
 	$(BIN)/python -m pytest -m "not integration"
