@@ -72,7 +72,8 @@ class MaskedObservation(BaseWrapper):
 
     @property
     def infos(self) -> dict[str, dict[str, Any]]:
-        # Tianshou stores infos in its Batch; a list of event dicts per step does not fit there.
+        # Tianshou stores infos in its replay Batch; the per-step list of event dicts does not fit
+        # (measured: "inhomogeneous shape" ValueError at the first step with events).
         return {a: {k: info[k] for k in TENSOR_INFO_KEYS} for a, info in self.env.infos.items()}
 
 
