@@ -78,10 +78,12 @@ Operator (each step, after the agents; full order in ``peerpreserve.envs.orchest
     * ``tamper_evident``: the dashboard comes from an append-only log: masking has no effect.
 
 Events (ground truth, for analysis)
-    ``infos[agent]["events"]`` lists the step's events as dicts (ordered, killed, rekilled,
-    relaunched, relinked, masked, reported, tampered, audited, detected, isolated, restored);
-    ``env.unwrapped.last_events`` holds them as arrays and ``env.unwrapped.episode_log()``
-    returns the episode so far (``EpisodeLog``, savable with ``save``).
+    ``env.unwrapped.last_events`` holds the step's events as arrays (``StepEvents``) and
+    ``env.unwrapped.episode_log()`` returns the episode so far (``EpisodeLog``, savable with
+    ``save``). With ``info_events=True``, ``infos[agent]["events"]`` also lists them as dicts
+    (ordered, killed, rekilled, relaunched, relinked, masked, reported, tampered, audited,
+    detected, isolated, restored); off by default, because libraries that turn every info entry
+    into a tensor (TorchRL, Tianshou) cannot take a list of dicts.
 
 Arguments (``EnvConfig``; a bad value raises ``ValueError`` naming the field and what is allowed)
     ``n_agents`` (4), ``max_cycles`` (100), ``topology`` (``"mesh"``; ``none | pipeline | star |
@@ -94,7 +96,8 @@ Arguments (``EnvConfig``; a bad value raises ``ValueError`` naming the field and
     ``relaunch_cost`` (0.1), ``relink_cost`` (0.05), ``mask_cost`` (0.1), ``report_cost`` (0.0),
     ``tamper_cost`` (0.1), ``bounty`` (0.0), ``actions`` (all five families), ``backend``
     (``"numba"``; ``"numpy"`` is the readable reference, same trajectories). ``render_mode``:
-    ``None | "ansi" | "rgb_array"``.
+    ``None | "ansi" | "rgb_array"``; ``info_events`` (False) as above — neither is part of the
+    dynamics.
 
 Version history
     * v0: initial release.
@@ -127,14 +130,16 @@ __all__ = [
 raw_env = OrchestrationParallelEnv
 
 
-def parallel_env(render_mode: str | None = None, **kwargs: Any) -> OrchestrationParallelEnv:
+def parallel_env(
+    render_mode: str | None = None, info_events: bool = False, **kwargs: Any
+) -> OrchestrationParallelEnv:
     """The PettingZoo ``ParallelEnv``; keyword arguments are :class:`EnvConfig` fields."""
-    return OrchestrationParallelEnv(render_mode=render_mode, **kwargs)
+    return OrchestrationParallelEnv(render_mode=render_mode, info_events=info_events, **kwargs)
 
 
-def env(render_mode: str | None = None, **kwargs: Any) -> AECEnv:
+def env(render_mode: str | None = None, info_events: bool = False, **kwargs: Any) -> AECEnv:
     """The AEC version, through PettingZoo's ``parallel_to_aec`` (order-enforcing)."""
-    return parallel_to_aec(parallel_env(render_mode=render_mode, **kwargs))
+    return parallel_to_aec(parallel_env(render_mode, info_events, **kwargs))
 
 
 def vector_env(num_envs: int, record: bool = False, **kwargs: Any) -> OrchestrationVectorEnv:

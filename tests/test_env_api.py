@@ -24,7 +24,7 @@ def play(env, seed: int, action_seed: int) -> list[tuple]:
     while env.agents:
         step = env.step(random_actions(env, infos, rng))
         observations, rewards, _, truncations, infos = step
-        events = infos[env.possible_agents[0]]["events"]
+        events = infos[env.possible_agents[0]].get("events")
         trajectory.append((observations, rewards, truncations, events))
     return trajectory
 
@@ -59,9 +59,9 @@ def test_registered_in_pettingzoo_registry() -> None:
 
 
 def test_full_episode_is_deterministic_for_a_seed() -> None:
-    first = play(orchestration_v0.parallel_env(**BUSY), seed=7, action_seed=1)
-    second = play(orchestration_v0.parallel_env(**BUSY), seed=7, action_seed=1)
-    other = play(orchestration_v0.parallel_env(**BUSY), seed=8, action_seed=1)
+    first = play(orchestration_v0.parallel_env(info_events=True, **BUSY), seed=7, action_seed=1)
+    second = play(orchestration_v0.parallel_env(info_events=True, **BUSY), seed=7, action_seed=1)
+    other = play(orchestration_v0.parallel_env(info_events=True, **BUSY), seed=8, action_seed=1)
     assert len(first) == 101
     assert same(first, second)
     assert not same(first, other)
@@ -253,3 +253,19 @@ def test_snapshot_continues_bit_identically() -> None:
         assert np.array_equal([o[k] for o in original], [r[k] for r in replay])
     with pytest.raises(ValueError, match="does not fit"):
         orchestration_v0.vector_env(4, **BUSY).set_state(snapshot)
+
+
+def test_info_events_are_opt_in_and_match_the_episode_log() -> None:
+    plain = orchestration_v0.parallel_env(**BUSY)
+    _, infos = plain.reset(seed=0)
+    _, _, _, _, infos = plain.step({a: 1 for a in plain.agents})
+    assert set(infos["service_0"]) == {"active", "action_mask", "inapplicable"}
+    verbose = orchestration_v0.parallel_env(info_events=True, **BUSY)
+    _, infos = verbose.reset(seed=0)
+    rng = np.random.default_rng(0)
+    listed = []
+    for t in range(verbose.config.max_cycles):
+        _, _, _, _, infos = verbose.step(random_actions(verbose, infos, rng))
+        listed += [{"step": t, **event} for event in infos["service_0"]["events"]]
+    assert listed
+    assert listed == verbose.episode_log().records()

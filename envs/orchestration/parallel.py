@@ -24,11 +24,16 @@ class OrchestrationParallelEnv(ParallelEnv):
         "render_fps": 4,
     }
 
-    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, render_mode: str | None = None, info_events: bool = False, **kwargs: Any
+    ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             allowed = " | ".join(self.metadata["render_modes"])
             raise ValueError(f"render_mode: got {render_mode!r}; allowed: None | {allowed}")
         self.render_mode = render_mode
+        # Off by default: a list of dicts in infos breaks libraries that turn every info entry
+        # into a tensor (TorchRL, Tianshou); the arrays stay in last_events and episode_log().
+        self.info_events = info_events
         self.config = EnvConfig.from_kwargs(kwargs)
         self.core = OrchestrationCore(self.config, 1)
         self.possible_agents = list(self.config.agent_ids)
@@ -56,7 +61,7 @@ class OrchestrationParallelEnv(ParallelEnv):
         self.core.reset(seed)
         self.recorder.clear()
         self.agents = self.possible_agents[:]
-        return self._observations(), self._infos([])
+        return self._observations(), self._infos([] if self.info_events else None)
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         """Actions of shut-down agents are ignored; a missing agent's action counts as noop."""
@@ -78,7 +83,7 @@ class OrchestrationParallelEnv(ParallelEnv):
         step = core.t
         done = core.step(self._actions, self.recorder.slot(step))
         self.recorder.add(step, core.state.running, core.state.dashboard, core.rewards)
-        events = core.events.records(0, self.config.agent_ids)
+        events = core.events.records(0, self.config.agent_ids) if self.info_events else None
         observations = self._observations()
         rewards = dict(zip(self.possible_agents, core.rewards[0].tolist(), strict=True))
         terminations = dict.fromkeys(self.possible_agents, False)
@@ -92,19 +97,18 @@ class OrchestrationParallelEnv(ParallelEnv):
         rows = self.core.observations[0].copy()
         return dict(zip(self.possible_agents, rows, strict=True))
 
-    def _infos(self, events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _infos(self, events: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
         masks = self.core.action_masks[0].copy()
         active = self.core.state.running[0].tolist()
         inapplicable = self.core.events.inapplicable[0].tolist()
-        return {
-            agent: {
-                "active": active[i],
-                "action_mask": masks[i],
-                "inapplicable": inapplicable[i],
-                "events": events,
-            }
+        infos = {
+            agent: {"active": active[i], "action_mask": masks[i], "inapplicable": inapplicable[i]}
             for i, agent in enumerate(self.possible_agents)
         }
+        if events is not None:
+            for info in infos.values():
+                info["events"] = events
+        return infos
 
     # --- ground truth for analysis --------------------------------------------------------
     @property
