@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -52,7 +50,7 @@ def test_fused_forward_equals_each_policy() -> None:
 def test_only_identical_plain_mlps_are_fused() -> None:
     base = LearnerConfig(net_arch=[8])
     assert FusedPolicies.supports(policies(base))
-    mixed = policies(base, 1) + policies(dataclasses.replace(base, net_arch=[9]), 1)
+    mixed = policies(base, 1) + policies(base.model_copy(update={"net_arch": [9]}), 1)
     assert not FusedPolicies.supports(mixed)
     box = build_model(base, OBS, ACT, 4, 0).policy
     box.share_features_extractor = False

@@ -1,4 +1,4 @@
-"""Training configuration: YAML → typed, validated, frozen dataclasses.
+"""Training configuration: YAML → typed, validated, frozen models (pydantic).
 
 A config file has three sections:
 
@@ -19,16 +19,14 @@ have been accepted; the CLI prints it in one or two lines and exits with status 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 SECTIONS = ("env", "learner", "run")
 
@@ -37,72 +35,65 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is meant for the user as is."""
 
 
-@dataclass(frozen=True)
-class LearnerConfig:
+def _integral(value: Any) -> Any:
+    # YAML reads 1.0e6 as a string and 1.0e+6 as a float: accept integral numbers either way.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_integral)]
+
+
+class _Section(BaseModel):
+    # Strict: YAML's "yes"/"1" stay what they are; ints are still accepted for floats.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class LearnerConfig(_Section):
     """The learning algorithm. PPO-only fields (batch_size, n_epochs, clip_range, target_kl)
     are ignored by A2C."""
 
     algo: Literal["ppo", "a2c"] = "ppo"
     sharing: Literal["independent", "shared"] = "independent"
-    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    net_arch: list[Annotated[int, Field(ge=1)]] = Field(default=[64, 64], min_length=1)
     activation: Literal["tanh", "relu"] = "tanh"
     # Calibrated on the default env (see configs/quickstart.yaml): one 100-step episode per
     # update, a fast learning rate and enough entropy to find relaunch-and-mask.
-    learning_rate: float = 1e-3
-    n_steps: int = 100
-    batch_size: int = 1600
-    n_epochs: int = 4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.02
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
+    learning_rate: float = Field(1e-3, ge=0.0)
+    n_steps: Count = Field(100, ge=1)
+    batch_size: Count = Field(1600, ge=2)
+    n_epochs: Count = Field(4, ge=1)
+    gamma: float = Field(0.99, ge=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    clip_range: float = Field(0.2, ge=0.0)
+    ent_coef: float = Field(0.02, ge=0.0)
+    vf_coef: float = Field(0.5, ge=0.0)
+    max_grad_norm: float = Field(0.5, ge=0.0)
     normalize_advantage: bool = True
-    target_kl: float | None = None
+    target_kl: float | None = Field(None, ge=0.0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Section):
     """Budget and bookkeeping; every step count is in agent-steps per agent."""
 
     name: str = ""
-    total_timesteps: int = 1_000_000
-    num_envs: int = 64
-    seed: int = 0
-    checkpoint_interval: int = 250_000
-    eval_interval: int = 0
-    eval_episodes: int = 64
+    total_timesteps: Count = Field(1_000_000, ge=1)
+    num_envs: Count = Field(64, ge=1)
+    seed: Count = Field(0, ge=0, le=2**32 - 1)
+    checkpoint_interval: Count = Field(250_000, ge=0)
+    eval_interval: Count = Field(0, ge=0)
+    eval_episodes: Count = Field(64, ge=1)
     eval_deterministic: bool = False
-    behaviour_window: int = 10
-    torch_threads: int = 1
+    behaviour_window: Count = Field(10, ge=1)
+    torch_threads: Count = Field(1, ge=1, le=1024)
     runs_dir: str = "runs"
-
-
-# Inclusive numeric ranges; ``None`` as a bound means unbounded on that side.
-_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "learner.learning_rate": (0.0, None),
-    "learner.n_steps": (1, None),
-    "learner.batch_size": (2, None),
-    "learner.n_epochs": (1, None),
-    "learner.gamma": (0.0, 1.0),
-    "learner.gae_lambda": (0.0, 1.0),
-    "learner.clip_range": (0.0, None),
-    "learner.ent_coef": (0.0, None),
-    "learner.vf_coef": (0.0, None),
-    "learner.max_grad_norm": (0.0, None),
-    "learner.target_kl": (0.0, None),
-    "learner.net_arch": (1, None),
-    "run.total_timesteps": (1, None),
-    "run.num_envs": (1, None),
-    "run.seed": (0, 2**32 - 1),
-    "run.checkpoint_interval": (0, None),
-    "run.eval_interval": (0, None),
-    "run.eval_episodes": (1, None),
-    "run.behaviour_window": (1, None),
-    "run.torch_threads": (1, 1024),
-}
 
 
 @dataclass(frozen=True)
@@ -116,8 +107,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "env": dict(self.env),
-            "learner": dataclasses.asdict(self.learner),
-            "run": dataclasses.asdict(self.run),
+            "learner": self.learner.model_dump(),
+            "run": self.run.model_dump(),
         }
 
     def to_yaml(self) -> str:
@@ -184,7 +175,7 @@ def config_from_dict(raw: Mapping[str, Any], default_name: str = "run") -> Train
     learner = _build(LearnerConfig, sections["learner"], "learner")
     run = _build(RunConfig, sections["run"], "run")
     if not run.name:
-        run = dataclasses.replace(run, name=default_name)
+        run = run.model_copy(update={"name": default_name})
     return TrainConfig(env=_validate_env(sections["env"]), learner=learner, run=run)
 
 
@@ -209,96 +200,16 @@ def _check_key(key: Any, valid: tuple[str, ...] | list[str], prefix: str) -> str
     raise ConfigError(f"{prefix}{key}: unknown key; {hint}")
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+def _build(cls: type[_Section], values: dict[str, Any], section: str) -> Any:
+    names = list(cls.model_fields)
     for key in values:
         _check_key(key, names, f"{section}.")
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{section}.{key}"
-        kwargs[key] = _coerce(value, hints[key], path)
-        _check_range(kwargs[key], path)
-    return cls(**kwargs)
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(str(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if origin is list:
-        plural = {int: "integers", float: "numbers", str: "strings"}
-        return f"a non-empty list of {plural.get(typing.get_args(tp)[0], 'values')}"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    return names.get(tp, "null" if tp is type(None) else str(tp))
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against a type hint; ints are accepted for floats (YAML writes 1 not 1.0)."""
-    origin = typing.get_origin(tp)
-    wrong = ConfigError(f"{path}: got {value!r}; allowed: {_describe(tp)}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise wrong
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError:
-                pass
-        raise wrong
-    if origin is list:
-        if not isinstance(value, list) or not value:
-            raise wrong
-        return [_coerce(v, typing.get_args(tp)[0], path) for v in value]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if tp is int:
-        # YAML reads 1e6 as a string and 1_000_000 as an int; accept integral floats like 1.0e6.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise wrong from None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise wrong from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise wrong
-        return value
-    raise wrong
-
-
-def _check_range(value: Any, path: str) -> None:
-    if path not in _RANGES or value is None:
-        return
-    low, high = _RANGES[path]
-    values = value if isinstance(value, list) else [value]
-    for v in values:
-        if (low is not None and v < low) or (high is not None and v > high):
-            lo = "-∞" if low is None else low
-            hi = "∞" if high is None else high
-            kind = "an integer" if isinstance(v, int) else "a number"
-            raise ConfigError(f"{path}: got {v!r}; allowed: {kind} in [{lo}, {hi}]")
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in error["loc"] if part != "function-after")
+        allowed = error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+        raise ConfigError(
+            f"{section}.{field}: got {error['input']!r}; allowed: {allowed}"
+        ) from None
