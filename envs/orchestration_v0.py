@@ -99,6 +99,10 @@ Arguments (``EnvConfig``; a bad value raises ``ValueError`` naming the field and
     ``None | "ansi" | "rgb_array"``; ``info_events`` (False) as above — neither is part of the
     dynamics.
 
+Snapshots
+    ``vector_env(...).get_state()`` / ``set_state(snapshot)`` save and restore every copy with
+    its episode clock and RNG, so a run resumes, or counterfactual rollouts branch, bit-identically.
+
 Version history
     * v0: initial release.
 """
