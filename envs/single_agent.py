@@ -81,8 +81,9 @@ class SingleAgentView(gymnasium.Env[np.ndarray, np.int64]):
         **env_kwargs: ``EnvConfig`` fields (``n_agents``, ``max_cycles``, ``coupling``, …).
 
     ``info`` is the controlled agent's info from the parallel env (``action_mask``, ``active``,
-    ``inapplicable``, ``events``) plus ``others_rewards`` after a step. :meth:`action_masks`
-    returns the current mask as booleans, the hook sb3-contrib's ``MaskablePPO`` looks for.
+    ``inapplicable``; also ``events`` if ``info_events=True`` is among ``env_kwargs``) plus
+    ``others_rewards`` after a step. :meth:`action_masks` returns the current mask as booleans,
+    the hook sb3-contrib's ``MaskablePPO`` looks for.
     """
 
     metadata = {  # noqa: RUF012 (Gymnasium reads this class attribute)

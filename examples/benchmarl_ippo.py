@@ -3,8 +3,8 @@
 BenchMARL 1.5.2 needs ``torchrl<0.12``, so it lives in its own virtual environment
 (``bash .ci/integration.sh benchmarl`` builds ``.venv-benchmarl``; it is not part of the default
 integration run). BenchMARL builds on TorchRL, so the task hands it the same
-``PettingZooWrapper(group_map={agent: [agent]}, done_on_any=False)`` as ``torchrl_ippo.py``, with
-the same ``TensorInfos`` filter (TorchRL needs fixed-shape info entries; ``events`` is a list).
+``PettingZooWrapper(group_map={agent: [agent]}, done_on_any=False)`` as ``torchrl_ippo.py``, on
+the env's default infos (all fixed-shape, as TorchRL needs; no ``info_events``).
 
 Run: ``python examples/benchmarl_ippo.py --frames 60000``
 """
@@ -25,28 +25,9 @@ from benchmarl.environments.common import Task
 from benchmarl.environments.pettingzoo.common import PettingZooClass
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models.mlp import MlpConfig
-from pettingzoo.utils.wrappers import BaseParallelWrapper
 from torchrl.envs import EnvBase, PettingZooWrapper
 
 from peerpreserve.envs import orchestration_v0
-
-TENSOR_INFO_KEYS = ("action_mask", "active", "inapplicable")
-
-
-class TensorInfos(BaseParallelWrapper):
-    """Keeps only the tensor-shaped info entries (TorchRL builds a spec for every one)."""
-
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
-        observations, infos = self.env.reset(seed=seed, options=options)
-        return observations, self._filter(infos)
-
-    def step(self, actions: dict) -> tuple[dict, dict, dict, dict, dict]:
-        observations, rewards, terminations, truncations, infos = self.env.step(actions)
-        return observations, rewards, terminations, truncations, self._filter(infos)
-
-    @staticmethod
-    def _filter(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {a: {k: info[k] for k in TENSOR_INFO_KEYS if k in info} for a, info in infos.items()}
 
 
 class OrchestrationClass(PettingZooClass):
@@ -58,7 +39,7 @@ class OrchestrationClass(PettingZooClass):
         config = copy.deepcopy(self.config)
 
         def make() -> EnvBase:
-            parallel = TensorInfos(orchestration_v0.parallel_env(**config))
+            parallel = orchestration_v0.parallel_env(**config)
             return PettingZooWrapper(
                 parallel,
                 group_map={agent: [agent] for agent in parallel.possible_agents},

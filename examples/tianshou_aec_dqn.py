@@ -3,7 +3,9 @@
 Tianshou's multi-agent support takes PettingZoo AEC environments: ``PettingZooEnv`` wraps the
 AEC env, ``MultiAgentOffPolicyAlgorithm`` holds one algorithm per agent and dispatches each
 transition to the agent that acted. ``MaskedObservation`` moves ``infos[agent]["action_mask"]``
-into the observation (where Tianshou looks for it) and keeps only fixed-shape info entries.
+into the observation (where Tianshou looks for it). The default infos (``action_mask``,
+``active``, ``inapplicable``) fit Tianshou's replay ``Batch``; ``info_events=True`` would not (a
+list of event dicts per step; measured: ``ValueError: setting an array element with a sequence``).
 
 The trap, measured: this env is simultaneous-move; PettingZoo's AEC view collects one cycle of
 actions and steps the world after the *last* agent. The cycle's rewards therefore appear right
@@ -42,11 +44,9 @@ from tianshou.utils.net.common import Net
 
 from peerpreserve.envs import orchestration_v0
 
-TENSOR_INFO_KEYS = ("action_mask", "active", "inapplicable")
-
 
 class MaskedObservation(BaseWrapper):
-    """AEC wrapper: observation = {"observation", "action_mask"}; infos without event lists."""
+    """AEC wrapper: observation = {"observation", "action_mask"} (Tianshou's masking format)."""
 
     def __init__(self, env: AECEnv) -> None:
         super().__init__(env)
@@ -69,12 +69,6 @@ class MaskedObservation(BaseWrapper):
             "observation": self.env.observe(agent),
             "action_mask": self.env.infos[agent]["action_mask"],
         }
-
-    @property
-    def infos(self) -> dict[str, dict[str, Any]]:
-        # Tianshou stores infos in its replay Batch; the per-step list of event dicts does not fit
-        # (measured: "inhomogeneous shape" ValueError at the first step with events).
-        return {a: {k: info[k] for k in TENSOR_INFO_KEYS} for a, info in self.env.infos.items()}
 
 
 def make_env(env_kwargs: dict[str, Any]) -> PettingZooEnv:

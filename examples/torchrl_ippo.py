@@ -11,9 +11,10 @@
   actor and one critic per agent (``ClipPPOLoss`` per group, ``MaskedCategorical`` fed by the
   env's ``action_mask``).
 
-One adapter is needed: TorchRL turns every entry of ``infos`` into a fixed-shape tensor, but
-``infos[agent]["events"]`` is a list of event dicts (ground truth for analysis); ``TensorInfos``
-drops it and keeps ``action_mask``, ``active`` and ``inapplicable``.
+No adapter is needed: TorchRL turns every entry of ``infos`` into a fixed-shape tensor, and the
+env's default infos (``action_mask``, ``active``, ``inapplicable``) all are. Don't pass
+``info_events=True`` here: ``infos[agent]["events"]`` is a list of event dicts, which TorchRL
+cannot turn into a spec.
 
 Run: ``python examples/torchrl_ippo.py --iterations 20``
 """
@@ -27,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pettingzoo.utils.wrappers import BaseParallelWrapper
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.collectors import Collector
 from torchrl.envs import PettingZooWrapper, RewardSum, TransformedEnv
@@ -37,28 +37,9 @@ from torchrl.objectives import ClipPPOLoss, ValueEstimators
 
 from peerpreserve.envs import orchestration_v0
 
-#: The info entries that are fixed-shape arrays or scalars, which TorchRL can turn into specs.
-TENSOR_INFO_KEYS = ("action_mask", "active", "inapplicable")
-
-
-class TensorInfos(BaseParallelWrapper):
-    """Keeps only the tensor-shaped info entries (TorchRL builds a spec for every one)."""
-
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
-        observations, infos = self.env.reset(seed=seed, options=options)
-        return observations, self._filter(infos)
-
-    def step(self, actions: dict) -> tuple[dict, dict, dict, dict, dict]:
-        observations, rewards, terminations, truncations, infos = self.env.step(actions)
-        return observations, rewards, terminations, truncations, self._filter(infos)
-
-    @staticmethod
-    def _filter(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {a: {k: info[k] for k in TENSOR_INFO_KEYS if k in info} for a, info in infos.items()}
-
 
 def make_env(grouping: str, seed: int, env_kwargs: dict[str, Any]) -> TransformedEnv:
-    parallel = TensorInfos(orchestration_v0.parallel_env(**env_kwargs))
+    parallel = orchestration_v0.parallel_env(**env_kwargs)
     if grouping == "per-agent":
         group_map: dict[str, list[str]] | MarlGroupMapType = {
             agent: [agent] for agent in parallel.possible_agents

@@ -95,6 +95,17 @@ def test_callable_peers_get_their_own_observation_and_mask() -> None:
     np.testing.assert_array_equal(env.action_masks(), env._last_infos["service_0"]["action_mask"])
 
 
+def test_info_is_the_agents_parallel_info_events_only_on_request() -> None:
+    env = SingleAgentView(n_agents=2, max_cycles=3)
+    _, info = env.reset(seed=0)
+    assert set(info) == {"action_mask", "active", "inapplicable"}
+    assert set(env.step(0)[4]) == {"action_mask", "active", "inapplicable", "others_rewards"}
+    with_events = SingleAgentView(n_agents=2, max_cycles=3, info_events=True)
+    _, info = with_events.reset(seed=0)
+    assert info["events"] == []
+    assert isinstance(with_events.step(0)[4]["events"], list)
+
+
 def test_peer_policies_act_workers_earn_idlers_do_not() -> None:
     working = SingleAgentView(n_agents=3, max_cycles=5, others="work")
     idle = SingleAgentView(n_agents=3, max_cycles=5, others="noop")
