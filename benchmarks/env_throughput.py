@@ -76,11 +76,10 @@ def _time_loop(step: Callable[[int], None], seconds: float) -> tuple[int, float,
     return calls, elapsed, (time.process_time() - cpu_start) / elapsed
 
 
-def bench_mpe(seconds: float, warmup_steps: int) -> Row:
-    """PettingZoo MPE ``simple_spread_v3``, N = 8, random discrete actions."""
-    from mpe2 import simple_spread_v3
-
-    env = simple_spread_v3.parallel_env(N=N_AGENTS, max_cycles=MAX_CYCLES, continuous_actions=False)
+def _bench_parallel_api(
+    env: Any, name: str, seconds: float, warmup_steps: int, bar: float | None
+) -> Row:
+    """Any PettingZoo ``ParallelEnv``: uniform random actions from a pre-drawn pool."""
     env.reset(seed=SEED)
     agents = list(env.possible_agents)
     rng = np.random.default_rng(SEED)
@@ -96,8 +95,15 @@ def bench_mpe(seconds: float, warmup_steps: int) -> Row:
     env.reset(seed=SEED)
     calls, elapsed, cpu = _time_loop(step, seconds)
     env.close()
-    rate = calls * N_AGENTS / elapsed
-    return Row("mpe simple_spread_v3", N_AGENTS, None, rate, calls, elapsed, cpu)
+    return Row(name, N_AGENTS, None, calls * N_AGENTS / elapsed, calls, elapsed, cpu, bar)
+
+
+def bench_mpe(seconds: float, warmup_steps: int) -> Row:
+    """PettingZoo MPE ``simple_spread_v3``, N = 8, random discrete actions."""
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(N=N_AGENTS, max_cycles=MAX_CYCLES, continuous_actions=False)
+    return _bench_parallel_api(env, "mpe simple_spread_v3", seconds, warmup_steps, None)
 
 
 def bench_parallel(seconds: float, warmup_steps: int, backend: str, bar: float | None) -> Row:
@@ -105,27 +111,8 @@ def bench_parallel(seconds: float, warmup_steps: int, backend: str, bar: float |
     from peerpreserve.envs import orchestration_v0
 
     env = orchestration_v0.parallel_env(n_agents=N_AGENTS, max_cycles=MAX_CYCLES, backend=backend)
-    env.reset(seed=SEED)
-    agents = list(env.possible_agents)
-    rng = np.random.default_rng(SEED)
-    n_actions = [int(env.action_space(a).n) for a in agents]
-    pool: list[dict[str, Any]] = [
-        {a: int(rng.integers(k)) for a, k in zip(agents, n_actions, strict=True)}
-        for _ in range(POOL_SIZE)
-    ]
-
-    def step(i: int) -> None:
-        if not env.agents:
-            env.reset()
-        env.step(pool[i % POOL_SIZE])
-
-    for i in range(warmup_steps):
-        step(i)
-    env.reset(seed=SEED)
-    calls, elapsed, cpu = _time_loop(step, seconds)
-    env.close()
     name = f"orchestration_v0 ParallelEnv ({backend})"
-    return Row(name, N_AGENTS, None, calls * N_AGENTS / elapsed, calls, elapsed, cpu, bar)
+    return _bench_parallel_api(env, name, seconds, warmup_steps, bar)
 
 
 def bench_vector(
