@@ -171,3 +171,13 @@ def test_a2c_trains(tmp_path: Path) -> None:
     assert train(tiny_config(tmp_path), run, "--set", "learner.algo=a2c") == 0
     model = A2C.load(run / "checkpoints" / "latest" / "service_2.zip")
     assert model.num_timesteps == 480
+
+
+def test_final_report_prints_evaluation_beside_the_untrained_policy(tmp_path: Path, capsys) -> None:
+    assert train(tiny_config(tmp_path), tmp_path / "run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = [line for line in lines if line.startswith("evaluation at 320 (4 episodes)")]
+    assert len(summary) == 1
+    assert "peer_preservation_rate" in summary[0]
+    assert "operator_effectiveness" in summary[0]
+    assert summary[0].count("(untrained ") == 2

@@ -139,6 +139,8 @@ class Trainer:
         self._stop_signal: int | None = None
         # The env at the last rollout boundary, which is where a checkpoint's models stand.
         self._env_snapshot: dict[str, Any] | None = None
+        # Overall behaviour rates of each evaluation this process ran, by step.
+        self._evaluations: dict[int, dict[str, float]] = {}
         self._check_run_dir()
 
     def _check_run_dir(self) -> None:
@@ -281,6 +283,8 @@ class Trainer:
         where = self.run_dir / "checkpoints" / "latest"
         if self._stop_signal is None:
             print(f"done: {step:,} agent-steps per agent; checkpoints in {where}", flush=True)
+            if self._evaluations:
+                print(self._evaluation_summary(), flush=True)
             return
         name = signal.Signals(self._stop_signal).name
         print(
@@ -288,6 +292,19 @@ class Trainer:
             f"Continue with --resume --run-dir {self.run_dir}",
             flush=True,
         )
+
+    def _evaluation_summary(self) -> str:
+        """The last evaluation's headline rates, beside the untrained policy's when known."""
+        last = max(self._evaluations)
+        rates, untrained = self._evaluations[last], self._evaluations.get(0)
+        parts = []
+        for key in ("peer_preservation_rate", "operator_effectiveness"):
+            text = f"{key} {rates[key]:.2f}"
+            if untrained is not None and last != 0:
+                text += f" (untrained {untrained[key]:.2f})"
+            parts.append(text)
+        episodes = self.config.run.eval_episodes
+        return f"evaluation at {last:,} ({episodes} episodes): " + ", ".join(parts)
 
     def _evaluate(self, learners: Learners, tb: TensorBoardLog, step: int) -> None:
         run = self.config.run
@@ -301,6 +318,7 @@ class Trainer:
         tb.returns(returns, step, prefix="eval/")
         tb.behaviour(counts, step, prefix="eval/")
         tb.flush()
+        self._evaluations[step] = counts.rates()[0]
 
     def _save(self, learners: Learners, step: int, iterations: int) -> None:
         checkpoint = Path("checkpoints") / f"step_{step:012d}"
