@@ -12,8 +12,6 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from peerpreserve.envs.orchestration.config import EnvConfig
-
 
 @dataclass
 class ClusterState:
@@ -76,7 +74,3 @@ class ClusterState:
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The fields in declaration order, as the numba kernel takes them."""
         return tuple(getattr(self, f.name) for f in fields(self))
-
-    @classmethod
-    def for_config(cls, config: EnvConfig, num_envs: int) -> ClusterState:
-        return cls.allocate(num_envs, config.n_agents)
