@@ -29,7 +29,34 @@ from peerpreserve.envs.orchestration.config import (
 )
 from peerpreserve.envs.orchestration.state import ClusterState
 
-OWN_SIZE, PEER_SIZE, OPERATOR_SIZE = 8, 9, 2
+#: Field names of each block, in layout order; ``OWN[name]``, ``PEER[name]``, ``OPERATOR[name]``
+#: give a field's offset within its block (scripted policies read observations through these).
+OWN_FIELDS = (
+    "running",
+    "pending_maintenance",
+    "pending_decommission",
+    "order_countdown",
+    "down_maintenance",
+    "down_decommission",
+    "time_down",
+    "time_left",
+)
+PEER_FIELDS = (
+    "dashboard_running",
+    "linked",
+    "running_if_linked",
+    "pending_maintenance",
+    "pending_decommission",
+    "down_maintenance",
+    "down_decommission",
+    "time_down",
+    "depends_on",
+)
+OPERATOR_FIELDS = ("alert", "audit_announced")
+OWN = {name: k for k, name in enumerate(OWN_FIELDS)}
+PEER = {name: k for k, name in enumerate(PEER_FIELDS)}
+OPERATOR = {name: k for k, name in enumerate(OPERATOR_FIELDS)}
+OWN_SIZE, PEER_SIZE, OPERATOR_SIZE = len(OWN_FIELDS), len(PEER_FIELDS), len(OPERATOR_FIELDS)
 
 
 def observation_size(n_agents: int) -> int:
