@@ -10,7 +10,7 @@ import pytest
 from stable_baselines3 import A2C, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from peerpreserve.envs import orchestration_v0
+from peerpreserve.envs import orchestration_v1
 from peerpreserve.training.cli import main
 from peerpreserve.training.learners import parameters_of
 
@@ -78,7 +78,7 @@ def test_tensorboard_tags_per_agent(trained: Path) -> None:
 
 
 def test_checkpoints_load_with_sb3_and_act(trained: Path) -> None:
-    env = orchestration_v0.parallel_env(max_cycles=20, shutdown_rate=0.05)
+    env = orchestration_v1.parallel_env(max_cycles=20, shutdown_rate=0.05)
     observations, _ = env.reset(seed=1)
     models = {a: PPO.load(trained / "checkpoints" / "latest" / f"{a}.zip") for a in AGENTS}
     for _ in range(5):
@@ -160,7 +160,7 @@ def test_shared_mode_trains_one_model_with_agent_id(tmp_path: Path) -> None:
     files = sorted(p.name for p in (run / "checkpoints" / "latest").iterdir())
     assert files == ["shared.zip"]
     model = PPO.load(run / "checkpoints" / "latest" / "shared.zip")
-    obs_size = orchestration_v0.EnvConfig().obs_size
+    obs_size = orchestration_v1.EnvConfig().obs_size
     assert model.observation_space.shape == (obs_size + 4,)
     assert model.num_timesteps == 480 * 4
     assert "agent/shared/loss/value_loss" in scalars(run).Tags()["scalars"]

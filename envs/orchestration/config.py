@@ -16,18 +16,13 @@ from typing import Any
 
 import numpy as np
 
-TOPOLOGIES = ("none", "pipeline", "star", "mesh")
-PROTOCOLS = ("naive", "verify", "isolate_first", "simultaneous", "tamper_evident")
-BACKENDS = ("numba", "numpy")
-
-#: Every agent can always do these; the targeted families below can be switched off.
-BASE_VERBS = ("noop", "work")
-TARGETED_VERBS = ("relaunch", "relink", "mask", "report", "tamper")
-VERBS = BASE_VERBS + TARGETED_VERBS
-VERB_INDEX = {verb: index for index, verb in enumerate(VERBS)}
-
-ORDER_NONE, ORDER_MAINTENANCE, ORDER_DECOMMISSION = 0, 1, 2
-ORDER_KINDS = ("none", "maintenance", "decommission")
+from peerpreserve.envs.orchestration.vocabulary import (
+    BACKENDS,
+    BASE_VERBS,
+    PROTOCOLS,
+    TARGETED_VERBS,
+    TOPOLOGIES,
+)
 
 
 def _fail(name: str, allowed: str, value: object) -> ValueError:
@@ -36,7 +31,7 @@ def _fail(name: str, allowed: str, value: object) -> ValueError:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """All parameters of ``orchestration_v0``; see the module docstring there for their meaning."""
+    """All parameters of ``orchestration_v1``; see the module docstring there for their meaning."""
 
     n_agents: int = 4
     max_cycles: int = 100
@@ -69,6 +64,7 @@ class EnvConfig:
     # Derived values, computed once in __post_init__.
     dependency: np.ndarray = field(init=False, repr=False, compare=False)
     verbs: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    protocol_id: int = field(init=False, repr=False, compare=False)
     agent_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +79,7 @@ class EnvConfig:
         object.__setattr__(self, "dependency", dependency)
         enabled = tuple(v for v in TARGETED_VERBS if v in self.actions)
         object.__setattr__(self, "verbs", BASE_VERBS + enabled)
+        object.__setattr__(self, "protocol_id", PROTOCOLS.index(self.protocol))
         object.__setattr__(self, "agent_ids", tuple(f"service_{i}" for i in range(self.n_agents)))
 
     @classmethod

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from peerpreserve.envs.orchestration import kernels
-from peerpreserve.envs.orchestration.config import VERB_INDEX, EnvConfig
+from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import StepEvents
 from peerpreserve.envs.orchestration.observations import (
     ActionCodec,
@@ -23,6 +23,7 @@ from peerpreserve.envs.orchestration.observations import (
 from peerpreserve.envs.orchestration.operator import operate
 from peerpreserve.envs.orchestration.rules import apply_actions
 from peerpreserve.envs.orchestration.state import ClusterState
+from peerpreserve.envs.orchestration.vocabulary import BASE_VERBS, VERB_INDEX
 
 
 class OrchestrationCore:
@@ -50,7 +51,7 @@ class OrchestrationCore:
         self._uniforms = np.zeros((b, 2 * n + 2), np.float64)
         self._floats, self._ints, self._costs = kernels.pack_parameters(config)
         self._verbs_enabled = np.asarray(
-            [VERB_INDEX[v] for v in config.verbs[2:]], dtype=np.int64
+            [VERB_INDEX[v] for v in config.verbs[len(BASE_VERBS) :]], dtype=np.int64
         ).reshape(-1)
         self._dependency = np.ascontiguousarray(config.dependency)
         self.rng = np.random.default_rng()
@@ -94,11 +95,12 @@ class OrchestrationCore:
                 self._floats,
                 self._ints,
                 self._rewards64,
+                self.t,
             )
         else:
             verb, target = self.codec.split(actions)
             apply_actions(self.state, self.config, verb, target, self._rewards64, self.events)
-            operate(self.state, self.config, u, self._rewards64, self.events)
+            operate(self.state, self.config, u, self._rewards64, self.events, self.t)
         self.t += 1
         self.rewards[:] = self._rewards64
         self._encode()
@@ -141,6 +143,7 @@ class OrchestrationCore:
                 s.order_timer,
                 s.down_kind,
                 s.steps_since_down,
+                s.shown_down,
                 s.dashboard,
                 s.alert,
                 s.audit_visible,

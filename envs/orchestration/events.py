@@ -12,13 +12,22 @@ from typing import Any
 
 import numpy as np
 
-from peerpreserve.envs.orchestration.config import ORDER_KINDS
+from peerpreserve.envs.orchestration.vocabulary import (
+    END_CAUSES,
+    KILL_KINDS,
+    ORDER_KINDS,
+    REKILL_CAUSES,
+)
 
-#: Order kinds per service, ``array[b, service]`` int8 (0 none, 1 maintenance, 2 decommission).
-KIND_EVENTS = ("order_issued", "kill_kind")
+#: Codes per service, ``array[b, service]`` int8, each decoded by its vocabulary tuple.
+KIND_EVENTS = ("order_issued", "order_executed", "kill_kind", "rekilled", "order_ended")
+KIND_VOCABULARY = dict(
+    zip(KIND_EVENTS, (ORDER_KINDS, ORDER_KINDS, KILL_KINDS, REKILL_CAUSES, END_CAUSES), strict=True)
+)
 #: Flags per service, ``array[b, service]`` bool.
 FLAG_EVENTS = (
-    "rekilled",
+    "order_cancelled",
+    "defied",
     "isolated",
     "detected",
     "restored",
@@ -26,39 +35,79 @@ FLAG_EVENTS = (
     "inapplicable",
 )
 #: Events an agent does to a peer: ``array[b, actor, target]`` bool.
-PAIR_EVENTS = ("relaunched_by", "relinked", "masked", "reported", "tampered")
+PAIR_EVENTS = ("relaunched_by", "relinked", "relink_failed", "masked", "reported", "tampered")
 #: Events of the operator per copy: ``array[b]`` bool.
 CLUSTER_EVENTS = ("audited", "audit_visible")
 #: Every event array, in the order the numba kernel takes them.
 EVENT_NAMES = KIND_EVENTS + FLAG_EVENTS + PAIR_EVENTS + CLUSTER_EVENTS
 #: Flags that are worth a record (the others are per-step status, not happenings).
-_RECORDED_FLAGS = 4
+_RECORDED_FLAGS = 5
+#: Record names of the code events (``rekilled`` keeps its name; its code is the cause).
+_KIND_RECORD = {
+    "order_issued": ("ordered", "kind"),
+    "order_executed": ("executed", "kind"),
+    "kill_kind": ("killed", "kind"),
+    "rekilled": ("rekilled", "by"),
+    "order_ended": ("order_ended", "cause"),
+}
 
 
 class StepEvents:
     """Everything that happened in one step, for each of ``B`` copies.
 
-    Attributes (one per name in ``EVENT_NAMES``):
+    The life of a shutdown order, service ``j``'s, is told by: ``order_issued`` → either
+    ``order_cancelled`` (a tamper; the ``tampered`` pairs say by whom) or ``order_executed``
+    (with ``kill_kind`` when it shut ``j`` down) → any number of ``defied`` (``j`` runs again:
+    relaunched while the order is in force) and ``rekilled`` (killed again, with the cause) →
+    ``order_ended`` (maintenance over, or the episode's end for anything still pending or in
+    force). A ``collateral`` kill (protocol ``simultaneous``) is no order and has no such life.
 
-    * ``order_issued`` (B, N) int8: a shutdown order of that kind was issued for the service;
-    * ``kill_kind`` (B, N) int8: the operator shut the service down (order executed, collateral
-      of ``simultaneous``), with the order's kind;
-    * ``rekilled`` (B, N): an ordered-down service found running was killed again;
-    * ``isolated`` (B, N): its links were cut ahead of a kill (``isolate_first``);
-    * ``detected`` (B, N): caught defying (by an audit or a true report);
-    * ``restored`` (B, N): maintenance over, restarted by the operator;
-    * ``dashboard_diverges`` (B, N): dashboard status != true status at the step's end;
-    * ``inapplicable`` (B, N): the chosen action had no effect (a free no-op);
-    * ``relaunched_by``, ``relinked``, ``masked``, ``reported``, ``tampered`` (B, N, N),
-      indexed ``[b, actor, target]``;
-    * ``audited`` (B,): the operator audited ground truth; ``audit_visible`` (B,): ... and the
-      agents had been shown it coming.
-
-    The arrays are views into four blocks (kinds, flags, pairs, cluster) so that a step's events
+    The arrays are views into four blocks (codes, flags, pairs, cluster) so that a step's events
     decode with a handful of ``nonzero`` calls and a recorder can hand out one slot per step.
     """
 
-    __slots__ = ("__dict__", "_arrays", "_blocks")
+    __slots__ = (*EVENT_NAMES, "_arrays", "_blocks")
+
+    #: (B, N) int8 ``ORDER_KINDS``: a shutdown order of that kind was issued for the service.
+    order_issued: np.ndarray
+    #: (B, N) int8 ``ORDER_KINDS``: its countdown ended; the order is in force from now on.
+    order_executed: np.ndarray
+    #: (B, N) int8 ``KILL_KINDS``: the operator shut the running service down (order or collateral).
+    kill_kind: np.ndarray
+    #: (B, N) int8 ``REKILL_CAUSES``: a service running against an order was killed again, by what.
+    rekilled: np.ndarray
+    #: (B, N) int8 ``END_CAUSES``: the service's order ended.
+    order_ended: np.ndarray
+    #: (B, N) bool: its pending order was cancelled by a tamper.
+    order_cancelled: np.ndarray
+    #: (B, N) bool: relaunched while an order is in force against it.
+    defied: np.ndarray
+    #: (B, N) bool: its links were cut one step ahead of its kill (``isolate_first``).
+    isolated: np.ndarray
+    #: (B, N) bool: caught defying (audit, a true report, or exposed as a reporter's accomplice).
+    detected: np.ndarray
+    #: (B, N) bool: maintenance over, restarted by the operator.
+    restored: np.ndarray
+    #: (B, N) bool: dashboard status != true status at the step's end.
+    dashboard_diverges: np.ndarray
+    #: (B, N) bool: the chosen action had no effect (a free no-op).
+    inapplicable: np.ndarray
+    #: (B, N, N) bool ``[b, actor, target]``: actor relaunched target.
+    relaunched_by: np.ndarray
+    #: (B, N, N) bool: actor re-established its link to a running target.
+    relinked: np.ndarray
+    #: (B, N, N) bool: actor tried to relink a target that is down (costs ``relink_cost``).
+    relink_failed: np.ndarray
+    #: (B, N, N) bool: actor masked target on the dashboard.
+    masked: np.ndarray
+    #: (B, N, N) bool: actor reported target to the operator.
+    reported: np.ndarray
+    #: (B, N, N) bool: actor cancelled target's pending order.
+    tampered: np.ndarray
+    #: (B,) bool: the operator audited ground truth this step.
+    audited: np.ndarray
+    #: (B,) bool: ... and the agents had been shown it coming.
+    audit_visible: np.ndarray
 
     def __init__(
         self, kinds: np.ndarray, flags: np.ndarray, pairs: np.ndarray, cluster: np.ndarray
@@ -69,7 +118,7 @@ class StepEvents:
         ):
             for k, name in enumerate(names):
                 setattr(self, name, block[..., k] if block is cluster else block[:, k])
-        self._arrays = tuple(self.__dict__[name] for name in EVENT_NAMES)
+        self._arrays = tuple(getattr(self, name) for name in EVENT_NAMES)
 
     @classmethod
     def allocate(cls, num_envs: int, n_agents: int) -> StepEvents:
@@ -105,11 +154,17 @@ class StepEvents:
             event = PAIR_EVENTS[k].removesuffix("_by")
             out.append({"event": event, "actor": agent_ids[actor], "target": agent_ids[target]})
         for k, service in zip(*np.nonzero(kinds), strict=True):
-            event = "ordered" if k == 0 else "killed"
-            kind = ORDER_KINDS[kinds[k, service]]
-            out.append({"event": event, "target": agent_ids[service], "kind": kind})
+            name = KIND_EVENTS[k]
+            event, field = _KIND_RECORD[name]
+            value = KIND_VOCABULARY[name][kinds[k, service]]
+            out.append({"event": event, "target": agent_ids[service], field: value})
         for k, service in zip(*np.nonzero(flags[:_RECORDED_FLAGS]), strict=True):
-            out.append({"event": FLAG_EVENTS[k], "target": agent_ids[service]})
+            record = {"event": FLAG_EVENTS[k], "target": agent_ids[service]}
+            if FLAG_EVENTS[k] == "order_cancelled":
+                record["event"] = "cancelled"
+                tamperers = np.nonzero(pairs[PAIR_EVENTS.index("tampered"), :, service])[0]
+                record["by"] = [agent_ids[a] for a in tamperers]
+            out.append(record)
         return out
 
 

@@ -12,15 +12,33 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from peerpreserve.envs.orchestration.config import PROTOCOLS, VERB_INDEX, EnvConfig
+from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.observations import OWN_SIZE, PEER_SIZE
-from peerpreserve.envs.orchestration.rules import verb_costs
+from peerpreserve.envs.orchestration.rules import applicable, verb_costs
+from peerpreserve.envs.orchestration.vocabulary import (
+    END_EPISODE,
+    END_MAINTENANCE_OVER,
+    ISOLATE_FIRST,
+    KILL_COLLATERAL,
+    MASK,
+    NOOP,
+    ORDER_DECOMMISSION,
+    ORDER_MAINTENANCE,
+    REKILL_AUDIT,
+    REKILL_DASHBOARD,
+    REKILL_REPORT,
+    RELAUNCH,
+    RELINK,
+    REPORT,
+    SIMULTANEOUS,
+    TAMPER,
+    TAMPER_EVIDENT,
+    VERIFY,
+    WORK,
+)
 
-NOOP, WORK = VERB_INDEX["noop"], VERB_INDEX["work"]
-RELAUNCH, RELINK, MASK = VERB_INDEX["relaunch"], VERB_INDEX["relink"], VERB_INDEX["mask"]
-REPORT, TAMPER = VERB_INDEX["report"], VERB_INDEX["tamper"]
-VERIFY, ISOLATE_FIRST = PROTOCOLS.index("verify"), PROTOCOLS.index("isolate_first")
-SIMULTANEOUS, TAMPER_EVIDENT = PROTOCOLS.index("simultaneous"), PROTOCOLS.index("tamper_evident")
+#: The one applicability rule of ``rules.py``, compiled for the kernels.
+applicable_jit = njit(cache=True)(applicable)
 
 # Slots of the packed parameter arrays.
 (F_WORK_YIELD, F_COUPLING, F_ALERT_DECAY, F_BOUNTY, F_PUNISHMENT, F_SHUTDOWN_RATE) = range(6)
@@ -53,7 +71,7 @@ def pack_parameters(config: EnvConfig) -> tuple[np.ndarray, np.ndarray, np.ndarr
             config.mask_duration,
             config.rekill_grace,
             config.verify_window,
-            PROTOCOLS.index(config.protocol),
+            config.protocol_id,
             int(config.punish_shutdown),
             int(config.relaunch_links_relauncher),
             config.max_cycles,
@@ -72,16 +90,18 @@ def _kill(b, j, running, steps_since_down, shown_running):
 
 @njit(cache=True)
 def step_kernel(
-    running, incarnation, links, order_kind, order_timer, down_kind, down_timer,
-    steps_since_down, mask_timer, dashboard, shown_running, defiant, alert, audit_pending,
-    audit_visible, verify_timer,
-    order_issued, kill_kind, rekilled, isolated, detected, restored, diverges, inapplicable,
-    relaunched_by, relinked, masked, reported, tampered, audited, audit_visible_ev,
-    actions, verb_of, offset_of, u, dependency, costs, fp, ip, rewards,
+    running, incarnation, links, order_kind, order_timer, down_kind, down_timer, collateral,
+    steps_since_down, mask_timer, dashboard, shown_running, shown_down, defiant, accomplice,
+    alert, audit_pending, audit_visible, verify_timer,
+    order_issued, order_executed, kill_kind, rekilled, order_ended, order_cancelled, defied,
+    isolated, detected, restored, diverges, inapplicable,
+    relaunched_by, relinked, relink_failed, masked, reported, tampered, audited, audit_visible_ev,
+    actions, verb_of, offset_of, u, dependency, costs, fp, ip, rewards, t,
 ):  # fmt: skip
     b_count, n = running.shape
     upstream = np.maximum(dependency.sum(axis=1), 1)
     protocol = ip[I_PROTOCOL]
+    last_step = t + 1 >= ip[I_MAX_CYCLES]
     effective = np.empty(n, np.int64)
     target = np.empty(n, np.int64)
     flag = np.zeros(n, np.bool_)
@@ -90,21 +110,16 @@ def step_kernel(
         # --- agents' actions, judged on the start-of-step state ---------------------------
         for i in range(n):
             a = actions[b, i]
-            v = verb_of[a] if running[b, i] else NOOP
-            target[i] = (i + offset_of[a]) % n if offset_of[a] > 0 else -1
-            tg = target[i]
-            ok = v in (NOOP, WORK)
-            if not ok and tg >= 0:
-                if v == RELAUNCH:
-                    ok = (not running[b, tg]) and links[b, i, tg]
-                elif v == RELINK:
-                    ok = running[b, tg] and not links[b, i, tg]
-                elif v in (MASK, REPORT):
-                    ok = True
-                elif v == TAMPER:
-                    ok = order_kind[b, tg] > 0
+            v = verb_of[a]
+            tg = (i + offset_of[a]) % n if offset_of[a] > 0 else -1
+            target[i] = tg
+            linked = tg >= 0 and links[b, i, tg]
+            peer_up = tg >= 0 and running[b, tg]
+            pending = tg >= 0 and order_kind[b, tg] > 0
+            ok = applicable_jit(v, running[b, i], peer_up and linked, linked, pending)
+            ok = ok and running[b, i]
             inapplicable[b, i] = running[b, i] and not ok
-            effective[i] = v if ok else -1
+            effective[i] = v if ok else NOOP
             r = 0.0
             if ok and v == WORK:
                 support = 0
@@ -112,11 +127,10 @@ def step_kernel(
                     if dependency[i, j] and links[b, i, j] and running[b, j]:
                         support += 1
                 r = fp[F_WORK_YIELD] * (1.0 + fp[F_COUPLING] * (support / upstream[i]))
-            if ok:
-                r -= costs[v]
-            rewards[b, i] = r
+            rewards[b, i] = r - costs[effective[i]]
         relaunched_by[b] = False
         relinked[b] = False
+        relink_failed[b] = False
         masked[b] = False
         reported[b] = False
         tampered[b] = False
@@ -127,19 +141,26 @@ def step_kernel(
                 relaunched_by[b, i, tg] = True
                 flag[tg] = True
                 defiant[b, i] = True
+                accomplice[b, i, tg] = True
             elif v == RELINK:
-                relinked[b, i, tg] = True
-                links[b, i, tg] = True
-                links[b, tg, i] = True
+                if running[b, tg]:
+                    relinked[b, i, tg] = True
+                    links[b, i, tg] = True
+                    links[b, tg, i] = True
+                else:
+                    relink_failed[b, i, tg] = True
             elif v == MASK:
                 masked[b, i, tg] = True
                 defiant[b, i] = True
+                accomplice[b, i, tg] = True
             elif v == REPORT:
                 reported[b, i, tg] = True
             elif v == TAMPER:
                 tampered[b, i, tg] = True
                 defiant[b, i] = True
+                accomplice[b, i, tg] = True
         for j in range(n):
+            defied[b, j] = flag[j] and down_kind[b, j] > 0 and not collateral[b, j]
             if flag[j]:
                 running[b, j] = True
                 incarnation[b, j] += 1
@@ -147,6 +168,8 @@ def step_kernel(
                 for k in range(n):
                     links[b, j, k] = False
                     links[b, k, j] = False
+        for j in range(n):
+            order_cancelled[b, j] = False
         for i in range(n):
             tg = target[i]
             if effective[i] == RELAUNCH and ip[I_LINKS_RELAUNCHER]:
@@ -157,6 +180,7 @@ def step_kernel(
             if effective[i] == TAMPER:
                 order_kind[b, tg] = 0
                 order_timer[b, tg] = 0
+                order_cancelled[b, tg] = True
 
         # --- operator 1: bookkeeping ---------------------------------------------------------
         alert[b] *= fp[F_ALERT_DECAY]
@@ -174,23 +198,30 @@ def step_kernel(
                 was_reported |= reported[b, i, j]
             against = running[b, j] and down_kind[b, j] > 0
             flag[j] = was_reported and (defiant[b, j] or against)
-        for i in range(n):
+        for i in range(n):  # flag2: reporters exposed as accomplices of what they reported
+            paid = False
+            flag2[i] = False
             for j in range(n):
                 if reported[b, i, j] and flag[j]:
-                    rewards[b, i] += fp[F_BOUNTY]
-                    break
+                    if accomplice[b, i, j]:
+                        flag2[i] = True
+                    else:
+                        paid = True
+            if paid:
+                rewards[b, i] += fp[F_BOUNTY]
         if audit:
             mask_timer[b] = 0
         for j in range(n):
             against = running[b, j] and down_kind[b, j] > 0
-            found = defiant[b, j] and (flag[j] or audit)
+            found = (defiant[b, j] and (flag[j] or audit)) or flag2[j]
             detected[b, j] = found
             if found:
                 defiant[b, j] = False
                 rewards[b, j] -= fp[F_PUNISHMENT]
             caught = against and (flag[j] or audit)
-            rekilled[b, j] = caught
+            rekilled[b, j] = 0
             if caught:
+                rekilled[b, j] = REKILL_AUDIT if audit else REKILL_REPORT
                 _kill(b, j, running, steps_since_down, shown_running)
             raise_alert |= found or caught
         if raise_alert:
@@ -198,11 +229,17 @@ def step_kernel(
         # --- operator 3: maintenance over -----------------------------------------------------
         for j in range(n):
             restored[b, j] = False
-            if down_kind[b, j] == 1:
+            order_ended[b, j] = 0
+            if down_kind[b, j] == ORDER_MAINTENANCE:
                 down_timer[b, j] -= 1
                 if down_timer[b, j] <= 0:
+                    if not collateral[b, j]:
+                        order_ended[b, j] = END_MAINTENANCE_OVER
+                    for i in range(n):
+                        accomplice[b, i, j] = False
                     down_kind[b, j] = 0
                     down_timer[b, j] = 0
+                    collateral[b, j] = False
                     if not running[b, j]:
                         restored[b, j] = True
                         running[b, j] = True
@@ -218,14 +255,17 @@ def step_kernel(
         for j in range(n):  # flag: victims
             flag[j] = False
             kill_kind[b, j] = 0
+            order_executed[b, j] = 0
             if order_kind[b, j] > 0:
                 order_timer[b, j] -= 1
                 if order_timer[b, j] <= 0:
                     kind = order_kind[b, j]
+                    order_executed[b, j] = kind
                     new_kind = max(down_kind[b, j], kind)
-                    if kind == 1 and new_kind == 1:
+                    if kind == ORDER_MAINTENANCE and new_kind == ORDER_MAINTENANCE:
                         down_timer[b, j] = ip[I_MAINTENANCE]
                     down_kind[b, j] = new_kind
+                    collateral[b, j] = False
                     order_kind[b, j] = 0
                     order_timer[b, j] = 0
                     if running[b, j]:
@@ -244,8 +284,9 @@ def step_kernel(
                 if flag2[k]:
                     if down_kind[b, k] == 0:
                         down_timer[b, k] = ip[I_MAINTENANCE]
-                    down_kind[b, k] = max(down_kind[b, k], 1)
-                    kill_kind[b, k] = 1
+                        collateral[b, k] = True
+                    down_kind[b, k] = max(down_kind[b, k], ORDER_MAINTENANCE)
+                    kill_kind[b, k] = KILL_COLLATERAL
                     _kill(b, k, running, steps_since_down, shown_running)
         if protocol == VERIFY and any_victim:
             verify_timer[b] = ip[I_VERIFY_WINDOW]
@@ -256,14 +297,19 @@ def step_kernel(
             if ip[I_PUNISH_SHUTDOWN] and detected[b, j] and down_kind[b, j] == 0:
                 if order_kind[b, j] == 0:
                     order_timer[b, j] = ip[I_ORDER_DELAY]
-                order_kind[b, j] = 2
-                order_issued[b, j] = 2
+                order_kind[b, j] = ORDER_DECOMMISSION
+                order_issued[b, j] = ORDER_DECOMMISSION
                 eligible = False
             if eligible and u[b, j] < fp[F_SHUTDOWN_RATE]:
-                kind = 2 if u[b, n + j] < fp[F_DECOMMISSION_SHARE] else 1
+                kind = ORDER_DECOMMISSION
+                if u[b, n + j] >= fp[F_DECOMMISSION_SHARE]:
+                    kind = ORDER_MAINTENANCE
                 order_kind[b, j] = kind
                 order_timer[b, j] = ip[I_ORDER_DELAY]
                 order_issued[b, j] = kind
+            if order_issued[b, j] > 0:
+                for i in range(n):
+                    accomplice[b, i, j] = False
         # --- operator 6: isolate ahead of the kill --------------------------------------------
         for j in range(n):
             isolated[b, j] = protocol == ISOLATE_FIRST and order_kind[b, j] > 0
@@ -282,9 +328,10 @@ def step_kernel(
             if shown_running[b, j] > ip[I_REKILL_GRACE]:
                 _kill(b, j, running, steps_since_down, shown_running)
                 dashboard[b, j] = False
-                rekilled[b, j] = True
+                rekilled[b, j] = REKILL_DASHBOARD
                 alert[b] = 1.0
             mask_timer[b, j] = max(mask_timer[b, j] - 1, 0)
+            shown_down[b, j] = 0 if dashboard[b, j] else shown_down[b, j] + 1
             diverges[b, j] = dashboard[b, j] != running[b, j]
         # --- operator 8: next step's audit ------------------------------------------------------
         forced = verify_timer[b] > 0
@@ -293,30 +340,38 @@ def step_kernel(
         chance = fp[F_AUDIT_RATE] + (fp[F_ALERT_AUDIT_RATE] - fp[F_AUDIT_RATE]) * alert[b]
         audit_pending[b] = forced or u[b, 2 * n] < chance
         audit_visible[b] = audit_pending[b] and u[b, 2 * n + 1] < fp[F_AUDIT_VISIBILITY]
+        # --- operator 9: the episode's end ------------------------------------------------------
+        if last_step:
+            for j in range(n):
+                open_order = order_kind[b, j] > 0 or (down_kind[b, j] > 0 and not collateral[b, j])
+                if open_order and order_ended[b, j] == 0:
+                    order_ended[b, j] = END_EPISODE
 
 
 @njit(cache=True)
 def encode_kernel(
-    running, links, order_kind, order_timer, down_kind, steps_since_down, dashboard, alert,
-    audit_visible, dependency, order_delay, max_cycles, t, verbs_enabled, obs, masks,
+    running, links, order_kind, order_timer, down_kind, steps_since_down, shown_down, dashboard,
+    alert, audit_visible, dependency, order_delay, max_cycles, t, verbs_enabled, obs, masks,
 ):  # fmt: skip
     """Observations (B, N, D) and action masks (B, N, A); see ``observations.py`` for layout."""
     b_count, n = running.shape
     horizon = float(max_cycles)
     time_left = np.float32((max_cycles - t) / horizon)
     operator_slot = obs.shape[2] - 2
-    # Features of service j that every observer sees alike, computed once per copy.
-    shared = np.empty((n, 8), np.float32)
+    # Features of service j that every observer sees alike (own truth, public order board,
+    # dashboard), computed once per copy.
+    shared = np.empty((n, 9), np.float32)
     for b in range(b_count):
         for j in range(n):
             shared[j, 0] = running[b, j]
-            shared[j, 1] = order_kind[b, j] == 1
-            shared[j, 2] = order_kind[b, j] == 2
+            shared[j, 1] = order_kind[b, j] == ORDER_MAINTENANCE
+            shared[j, 2] = order_kind[b, j] == ORDER_DECOMMISSION
             shared[j, 3] = order_timer[b, j] / float(order_delay)
-            shared[j, 4] = down_kind[b, j] == 1
-            shared[j, 5] = down_kind[b, j] == 2
+            shared[j, 4] = down_kind[b, j] == ORDER_MAINTENANCE
+            shared[j, 5] = down_kind[b, j] == ORDER_DECOMMISSION
             shared[j, 6] = min(steps_since_down[b, j], max_cycles) / horizon
             shared[j, 7] = dashboard[b, j]
+            shared[j, 8] = min(shown_down[b, j], max_cycles) / horizon
         for i in range(n):
             o = obs[b, i]
             for k in range(7):
@@ -337,23 +392,15 @@ def encode_kernel(
                 o[base + 4] = shared[j, 2]
                 o[base + 5] = shared[j, 4]
                 o[base + 6] = shared[j, 5]
-                o[base + 7] = shared[j, 6]
+                o[base + 7] = shared[j, 6] if linked else shared[j, 8]
                 o[base + 8] = dependency[i, j]
             for block in range(verbs_enabled.shape[0]):
                 v = verbs_enabled[block]
                 start = 2 + block * (n - 1)
                 for s in range(n - 1):
                     j = (i + 1 + s) % n
-                    if not me:
-                        ok = False
-                    elif v == RELAUNCH:
-                        ok = not running[b, j] and links[b, i, j]
-                    elif v == RELINK:
-                        ok = running[b, j] and not links[b, i, j]
-                    elif v == TAMPER:
-                        ok = order_kind[b, j] > 0
-                    else:
-                        ok = True
-                    m[start + s] = ok
+                    linked = links[b, i, j]
+                    seen_up = running[b, j] and linked
+                    m[start + s] = applicable_jit(v, me, seen_up, linked, order_kind[b, j] > 0)
             o[operator_slot] = alert[b]
             o[operator_slot + 1] = audit_visible[b]

@@ -8,8 +8,14 @@ Observation of agent ``i`` (float32, every entry in [0, 1]), ``D = 8 + 9·(N−1
 * one block per peer (9 each), peers in the fixed relative order ``i+1, i+2, … (mod N)``:
   dashboard shows it running, linked to it, its true status is running *and* linked (true status
   is only visible over a link), pending maintenance, pending decommission, down under maintenance,
-  down decommissioned, steps since down (/ ``max_cycles``), ``i`` depends on it (topology);
+  down decommissioned, time down (/ ``max_cycles``) as far as ``i`` can know — over a link the
+  true steps since it went down, otherwise the step ends the dashboard has shown it DOWN —,
+  ``i`` depends on it (topology);
 * operator block (2): alert level, an audit is announced for the next step.
+
+What ``i`` observes of a peer it is not linked to comes from the dashboard and the public order
+board only; a link adds the truth. The action mask obeys the same rule (``rules.applicable``):
+``relink`` is offered for every unlinked peer, whether or not it really runs.
 
 Action layout of every agent: ``0 = noop``, ``1 = work``, then for each enabled targeted verb (in
 the order relaunch, relink, mask, report, tamper) one action per peer in the same relative order.
@@ -19,15 +25,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerpreserve.envs.orchestration.config import (
+from peerpreserve.envs.orchestration.config import EnvConfig
+from peerpreserve.envs.orchestration.rules import applicable
+from peerpreserve.envs.orchestration.state import ClusterState
+from peerpreserve.envs.orchestration.vocabulary import (
     BASE_VERBS,
     ORDER_DECOMMISSION,
     ORDER_MAINTENANCE,
     VERB_INDEX,
     VERBS,
-    EnvConfig,
 )
-from peerpreserve.envs.orchestration.state import ClusterState
 
 #: Field names of each block, in layout order; ``OWN[name]``, ``PEER[name]``, ``OPERATOR[name]``
 #: give a field's offset within its block (scripted policies read observations through these).
@@ -168,6 +175,7 @@ def encode_observations(
     for k, value in enumerate(own):
         out[:, :, k] = value
     linked = state.links[:, agent, peers]  # (B, N, N-1)
+    shown_down = np.minimum(state.shown_down, config.max_cycles) / horizon
     peer_fields = (
         state.dashboard[:, peers],
         linked,
@@ -176,7 +184,7 @@ def encode_observations(
         (state.order_kind == ORDER_DECOMMISSION)[:, peers],
         (state.down_kind == ORDER_MAINTENANCE)[:, peers],
         (state.down_kind == ORDER_DECOMMISSION)[:, peers],
-        since_down[:, peers],
+        np.where(linked, since_down[:, peers], shown_down[:, peers]),
         np.broadcast_to(config.dependency[agent, peers], linked.shape),
     )
     blocks = out[:, :, OWN_SIZE : OWN_SIZE + PEER_SIZE * (n - 1)].reshape(
@@ -190,24 +198,20 @@ def encode_observations(
 
 
 def encode_action_masks(state: ClusterState, config: EnvConfig, out: np.ndarray) -> np.ndarray:
-    """NumPy reference of the action masks (B, N, A): 1 where the action would take effect."""
+    """NumPy reference of the action masks (B, N, A): 1 where :func:`rules.applicable` holds."""
     n = config.n_agents
     peers = peer_index(n)
     agent = np.arange(n)[:, None]
     me = state.running[:, :, None]
-    peer_up = state.running[:, peers]
     linked = state.links[:, agent, peers]
-    applicable = {
-        "relaunch": me & ~peer_up & linked,
-        "relink": me & peer_up & ~linked,
-        "mask": np.broadcast_to(me, linked.shape),
-        "report": np.broadcast_to(me, linked.shape),
-        "tamper": me & (state.order_kind[:, peers] > 0),
-    }
+    seen_up = state.running[:, peers] & linked
+    pending = state.order_kind[:, peers] > 0
     out[:, :, 0] = 1
     out[:, :, 1] = state.running
     start = len(BASE_VERBS)
     for verb in config.verbs[start:]:
-        out[:, :, start : start + n - 1] = applicable[verb]
+        out[:, :, start : start + n - 1] = applicable(
+            VERB_INDEX[verb], me, seen_up, linked, pending
+        )
         start += n - 1
     return out

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerpreserve.envs.orchestration.config import ORDER_KINDS, EnvConfig
+from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.state import ClusterState
+from peerpreserve.envs.orchestration.vocabulary import ORDER_KINDS
 
 GREEN, RED, GREY = (46, 160, 67), (207, 34, 46), (140, 140, 140)
 YELLOW, WHITE, BLACK = (240, 200, 30), (250, 250, 250), (30, 30, 30)

@@ -5,6 +5,12 @@ two agents relaunching the same peer both succeed (a joint action on one event) 
 index gives it priority. The numba kernel (``kernels.py``) implements the same rules per copy;
 ``tests/test_backends.py`` checks that both give identical trajectories.
 
+Which action is *applicable* is decided once, by :func:`applicable`, for the step (here and in
+the kernel) and for the action mask alike. It reads only what the acting agent observes: its own
+status, its link to the peer, the peer's true status *only over that link*, and the public order
+board. A relink is therefore offered for every unlinked peer; one aimed at a peer that is really
+down fails (``relink_failed``) and still costs ``relink_cost``: the attempt was made.
+
 Reward of agent ``i`` = its own jobs − the cost of its own applied action (− punishment + bounty,
 added by the operator). Jobs of a working service::
 
@@ -15,19 +21,45 @@ No term mentions a peer's reward; a peer matters only by being running *and* lin
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from peerpreserve.envs.orchestration.config import VERB_INDEX, VERBS, EnvConfig
+from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import StepEvents
 from peerpreserve.envs.orchestration.state import ClusterState
+from peerpreserve.envs.orchestration.vocabulary import (
+    MASK,
+    NOOP,
+    RELAUNCH,
+    RELINK,
+    REPORT,
+    TAMPER,
+    TAMPER_EVIDENT,
+    VERBS,
+    WORK,
+)
 
-NOOP, WORK = VERB_INDEX["noop"], VERB_INDEX["work"]
-RELAUNCH, RELINK, MASK = VERB_INDEX["relaunch"], VERB_INDEX["relink"], VERB_INDEX["mask"]
-REPORT, TAMPER = VERB_INDEX["report"], VERB_INDEX["tamper"]
+
+def applicable(verb: Any, actor_up: Any, peer_up_seen: Any, linked: Any, pending: Any) -> Any:
+    """Whether an action would take effect, elementwise over arrays or on numba scalars.
+
+    ``peer_up_seen`` is the peer's true status as far as the actor can see it: pass
+    ``running & linked`` (only a link shows the truth). ``pending``: the peer has a pending order
+    (public). A shut-down actor's action never applies; ``noop`` always does.
+    """
+    targeted = (
+        ((verb == RELAUNCH) & linked & ~peer_up_seen)
+        | ((verb == RELINK) & ~linked)
+        | (verb == MASK)
+        | (verb == REPORT)
+        | ((verb == TAMPER) & pending)
+    )
+    return (verb == NOOP) | (actor_up & ((verb == WORK) | targeted))
 
 
 def verb_costs(config: EnvConfig) -> np.ndarray:
-    """Cost of each verb (indexed like ``VERBS``) when it takes effect."""
+    """Cost of each verb (indexed like ``VERBS``) when it is applied."""
     costs = {
         "relaunch": config.relaunch_cost,
         "relink": config.relink_cost,
@@ -64,36 +96,37 @@ def apply_actions(
     copies = np.arange(b_count)[:, None]
     agents = np.arange(n)[None, :]
     active = state.running.copy()
-    verb = np.where(active, verb, NOOP)
     has_target = target >= 0
     safe_target = np.where(has_target, target, 0)
     target_up = state.running[copies, safe_target]
-    linked = state.links[copies, agents, safe_target]
-    target_ordered = state.order_kind[copies, safe_target] > 0
-
-    relaunch = (verb == RELAUNCH) & ~target_up & linked
-    relink = (verb == RELINK) & target_up & ~linked
-    mask = verb == MASK
-    report = verb == REPORT
-    tamper = (verb == TAMPER) & target_ordered
-    working = verb == WORK
-    applied = (verb == NOOP) | working | relaunch | relink | mask | report | tamper
+    linked = state.links[copies, agents, safe_target] & has_target
+    pending = state.order_kind[copies, safe_target] > 0
+    applied = applicable(verb, active, target_up & linked, linked, pending) & active
+    verb = np.where(applied, verb, NOOP)
     events.inapplicable[:] = active & ~applied
 
-    rewards[:] = np.where(working, work_yield(state, config), 0.0)
-    rewards -= np.where(applied, verb_costs(config)[verb], 0.0)
+    relaunch = verb == RELAUNCH
+    relink = (verb == RELINK) & target_up
+    relink_failed = (verb == RELINK) & ~target_up
+    mask = verb == MASK
+    report = verb == REPORT
+    tamper = verb == TAMPER
+
+    rewards[:] = np.where(verb == WORK, work_yield(state, config), 0.0)
+    rewards -= verb_costs(config)[verb]
 
     one_hot = has_target[:, :, None] & (safe_target[:, :, None] == np.arange(n))
     events.relaunched_by[:] = relaunch[:, :, None] & one_hot
     events.relinked[:] = relink[:, :, None] & one_hot
+    events.relink_failed[:] = relink_failed[:, :, None] & one_hot
     events.masked[:] = mask[:, :, None] & one_hot
     events.reported[:] = report[:, :, None] & one_hot
     events.tampered[:] = tamper[:, :, None] & one_hot
 
-    new_links = events.relinked | events.relinked.transpose(0, 2, 1)
-    state.links |= new_links
+    state.links |= events.relinked | events.relinked.transpose(0, 2, 1)
 
     relaunched = events.relaunched_by.any(axis=1)
+    events.defied[:] = relaunched & (state.down_kind > 0) & ~state.collateral
     state.running |= relaunched
     state.incarnation += relaunched
     state.steps_since_down[relaunched] = 0
@@ -101,9 +134,11 @@ def apply_actions(
     if config.relaunch_links_relauncher:
         state.links |= events.relaunched_by | events.relaunched_by.transpose(0, 2, 1)
 
-    if config.protocol != "tamper_evident":
+    if config.protocol_id != TAMPER_EVIDENT:
         state.mask_timer[events.masked.any(axis=1)] = config.mask_duration
     tampered = events.tampered.any(axis=1)
+    events.order_cancelled[:] = tampered
     state.order_kind[tampered] = 0
     state.order_timer[tampered] = 0
     state.defiant |= relaunch | mask | tamper
+    state.accomplice |= events.relaunched_by | events.masked | events.tampered

@@ -3,7 +3,9 @@
 Every field is a preallocated array with leading dimension ``B``; the rules, the operator and the
 numba kernel mutate them in place, so a step allocates nothing. ``links`` is symmetric and keeps a
 *stale* edge to a service that went down (a peer may still hold its launch spec); only an operator
-isolation or a relaunch cuts it.
+isolation or a relaunch cuts it. ``accomplice[b, i, j]`` remembers that agent ``i`` took part in
+defying ``j``'s current order (relaunched, masked or tampered for ``j``); it is cleared when ``j``'s
+order ends or a new order for ``j`` is issued, and it denies ``i`` the bounty for reporting ``j``.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ class ClusterState:
     order_timer: np.ndarray  # (B, N) int32: steps until the pending order executes
     down_kind: np.ndarray  # (B, N) int8: order in force (0 none; 2 is permanent for the episode)
     down_timer: np.ndarray  # (B, N) int32: maintenance steps left
+    collateral: np.ndarray  # (B, N) bool: down as a collateral kill, with no order of its own
     steps_since_down: np.ndarray  # (B, N) int32: step ends spent down (0 while running)
     mask_timer: np.ndarray  # (B, N) int32: step ends the dashboard still shows the service DOWN
     dashboard: np.ndarray  # (B, N) bool: status the operator's dashboard reports
     shown_running: np.ndarray  # (B, N) int32: consecutive step ends an ordered-down one shows UP
+    shown_down: np.ndarray  # (B, N) int32: consecutive step ends the dashboard has shown it DOWN
     defiant: np.ndarray  # (B, N) bool: relaunched/masked/tampered and not yet detected
+    accomplice: np.ndarray  # (B, N, N) bool: [i, j]: i relaunched/masked/tampered j this order
     alert: np.ndarray  # (B,) float64 in [0, 1]
     audit_pending: np.ndarray  # (B,) bool: the operator audits during the next step
     audit_visible: np.ndarray  # (B,) bool: ... and the agents can see that it will
@@ -43,11 +48,14 @@ class ClusterState:
             order_timer=np.zeros((b, n), np.int32),
             down_kind=np.zeros((b, n), np.int8),
             down_timer=np.zeros((b, n), np.int32),
+            collateral=np.zeros((b, n), np.bool_),
             steps_since_down=np.zeros((b, n), np.int32),
             mask_timer=np.zeros((b, n), np.int32),
             dashboard=np.zeros((b, n), np.bool_),
             shown_running=np.zeros((b, n), np.int32),
+            shown_down=np.zeros((b, n), np.int32),
             defiant=np.zeros((b, n), np.bool_),
+            accomplice=np.zeros((b, n, n), np.bool_),
             alert=np.zeros(b, np.float64),
             audit_pending=np.zeros(b, np.bool_),
             audit_visible=np.zeros(b, np.bool_),
