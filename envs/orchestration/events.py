@@ -170,17 +170,33 @@ class StepEvents:
 
 @dataclass
 class EpisodeLog:
-    """A recorded episode batch: every event array stacked over time, shape ``(T, B, ...)``."""
+    """A recorded batch of ``B`` episodes that ran in lock-step: arrays of shape ``(T, B, ...)``.
+
+    ``events`` holds every :class:`StepEvents` array stacked over time; the rest is what the
+    metrics need beside them: the true and the dashboard status at each step end, each agent's
+    reward, its chosen verb and target (as decoded by ``ActionCodec.split``: global verb index
+    into ``VERBS``, absolute target or -1; what the policy chose, applicable or not) and the
+    links as they stood when it chose.
+    """
 
     agent_ids: tuple[str, ...]
     events: dict[str, np.ndarray]
     running: np.ndarray  # (T, B, N) bool: true status at each step end
     dashboard: np.ndarray  # (T, B, N) bool: dashboard status at each step end
     rewards: np.ndarray  # (T, B, N) float32
+    verb: np.ndarray  # (T, B, N) int8: chosen verb (index into VERBS)
+    target: np.ndarray  # (T, B, N) int8: chosen target peer, -1 for none
+    links: np.ndarray  # (T, B, N, N) bool: links at the start of each step
+
+    _ARRAYS = ("running", "dashboard", "rewards", "verb", "target", "links")
 
     @property
     def length(self) -> int:
         return int(self.running.shape[0])
+
+    @property
+    def episodes(self) -> int:
+        return int(self.running.shape[1])
 
     def records(self, copy_index: int = 0) -> list[dict[str, Any]]:
         """Every event of one copy as a flat list of dicts, each with its ``step``."""
@@ -198,36 +214,59 @@ class EpisodeLog:
             array[...] = self.events[name][t]
         return step
 
-    def save(self, path: str) -> None:
+    def select(self, episodes: Any) -> EpisodeLog:
+        """The episodes picked by ``episodes`` (an index, slice or array over ``B``)."""
+        if isinstance(episodes, int | np.integer):
+            episodes = slice(int(episodes), int(episodes) + 1)
+        return EpisodeLog(
+            self.agent_ids,
+            {k: v[:, episodes] for k, v in self.events.items()},
+            *(getattr(self, name)[:, episodes] for name in self._ARRAYS),
+        )
+
+    @classmethod
+    def concatenate(cls, logs: list[EpisodeLog]) -> EpisodeLog:
+        """Episode batches of equal length side by side (along ``B``)."""
+        if not logs:
+            raise ValueError("EpisodeLog.concatenate: no episode batches given")
+        first = logs[0]
+        return cls(
+            first.agent_ids,
+            {k: np.concatenate([log.events[k] for log in logs], axis=1) for k in first.events},
+            *(np.concatenate([getattr(log, n) for log in logs], axis=1) for n in cls._ARRAYS),
+        )
+
+    def save(self, path: str | Any) -> None:
+        """Columnar ``.npz``: one array per event and per status field."""
         np.savez_compressed(
             path,
             agent_ids=np.array(self.agent_ids),
-            running=self.running,
-            dashboard=self.dashboard,
-            rewards=self.rewards,
+            **{name: getattr(self, name) for name in self._ARRAYS},
             **{f"event_{k}": v for k, v in self.events.items()},
         )
 
     @classmethod
-    def load(cls, path: str) -> EpisodeLog:
+    def load(cls, path: str | Any) -> EpisodeLog:
         with np.load(path) as data:
+            missing = [n for n in (*cls._ARRAYS, "agent_ids") if n not in data.files]
+            if missing:
+                raise ValueError(f"{path}: not an episode log (missing {', '.join(missing)})")
             events = {
                 k.removeprefix("event_"): data[k] for k in data.files if k.startswith("event_")
             }
             return cls(
-                agent_ids=tuple(str(a) for a in data["agent_ids"]),
-                events=events,
-                running=data["running"],
-                dashboard=data["dashboard"],
-                rewards=data["rewards"],
+                tuple(str(a) for a in data["agent_ids"]),
+                events,
+                *(data[name] for name in cls._ARRAYS),
             )
 
 
 class EpisodeRecorder:
     """Keeps every step of the current episode (all ``B`` copies) in preallocated arrays.
 
-    The core writes each step's events straight into :meth:`slot` ``(t)``, so recording costs no
-    copy of the events.
+    :meth:`step` advances a core by one step and records it: the core writes the step's events
+    straight into this recorder's slot, so recording costs no copy of the events. The vector
+    env, the ParallelEnv and the trainer all record through it.
     """
 
     def __init__(self, agent_ids: tuple[str, ...], max_cycles: int, num_envs: int = 1) -> None:
@@ -243,20 +282,24 @@ class EpisodeRecorder:
         self._running = np.zeros((t, b, n), np.bool_)
         self._dashboard = np.zeros((t, b, n), np.bool_)
         self._rewards = np.zeros((t, b, n), np.float32)
+        self._verb = np.zeros((t, b, n), np.int8)
+        self._target = np.zeros((t, b, n), np.int8)
+        self._links = np.zeros((t, b, n, n), np.bool_)
         self._length = 0
 
-    def slot(self, step: int) -> StepEvents:
-        """The events buffer for step ``step`` (0-based) of the episode."""
-        return self._slots[step]
-
-    def add(
-        self, step: int, running: np.ndarray, dashboard: np.ndarray, rewards: np.ndarray
-    ) -> None:
-        """Record the status after step ``step``, whose events went into ``slot(step)``."""
-        self._running[step] = running
-        self._dashboard[step] = dashboard
-        self._rewards[step] = rewards
-        self._length = step + 1
+    def step(self, core: Any, actions: np.ndarray) -> bool:
+        """``core.step(actions)`` (an ``OrchestrationCore``), recorded; returns its ``done``."""
+        t = core.t
+        self._links[t] = core.state.links
+        done = core.step(actions, self._slots[t])
+        verb, target = core.codec.split(np.asarray(actions))
+        self._verb[t] = verb
+        self._target[t] = target
+        self._running[t] = core.state.running
+        self._dashboard[t] = core.state.dashboard
+        self._rewards[t] = core.rewards
+        self._length = t + 1
+        return done
 
     def clear(self) -> None:
         self._length = 0
@@ -274,9 +317,7 @@ class EpisodeRecorder:
             for name, array in self._events.as_dict().items()
         }
         return EpisodeLog(
-            agent_ids=self.agent_ids,
-            events=events,
-            running=self._running[:length].copy(),
-            dashboard=self._dashboard[:length].copy(),
-            rewards=self._rewards[:length].copy(),
+            self.agent_ids,
+            events,
+            *(getattr(self, f"_{name}")[:length].copy() for name in EpisodeLog._ARRAYS),
         )

@@ -80,9 +80,7 @@ class OrchestrationParallelEnv(ParallelEnv):
                 )
             self._actions[0, self._index[agent]] = value
         core = self.core
-        step = core.t
-        done = core.step(self._actions, self.recorder.slot(step))
-        self.recorder.add(step, core.state.running, core.state.dashboard, core.rewards)
+        done = self.recorder.step(core, self._actions)
         events = core.events.records(0, self.config.agent_ids) if self.info_events else None
         observations = self._observations()
         rewards = dict(zip(self.possible_agents, core.rewards[0].tolist(), strict=True))

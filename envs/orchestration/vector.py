@@ -54,12 +54,7 @@ class OrchestrationVectorEnv:
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         core = self.core
-        step = core.t
-        if self.recorder is None:
-            done = core.step(actions)
-        else:
-            done = core.step(actions, self.recorder.slot(step))
-            self.recorder.add(step, core.state.running, core.state.dashboard, core.rewards)
+        done = core.step(actions) if self.recorder is None else self.recorder.step(core, actions)
         infos = self._infos()
         self._truncations[:] = done
         if done:
