@@ -80,7 +80,7 @@ class EpisodeTracker:
 
     def add(self, rewards: np.ndarray, infos: dict[str, Any], done: bool) -> None:
         events = infos["events"]
-        for name, value in vars(events).items():
+        for name, value in events.as_dict().items():
             if name not in self.events:
                 self.events[name] = np.zeros((len(self.running), *value.shape), value.dtype)
             self.events[name][self.t] = value
@@ -102,9 +102,9 @@ class EpisodeTracker:
 
 
 def make_env(config: TrainConfig, num_envs: int) -> Any:
-    from peerpreserve.envs import orchestration_v0
+    from peerpreserve.envs import orchestration_v1
 
-    return orchestration_v0.vector_env(num_envs, **config.env)
+    return orchestration_v1.vector_env(num_envs, **config.env)
 
 
 @th.no_grad()
@@ -257,19 +257,23 @@ class Trainer:
 
     def _collect(self, env: Any, learners: Learners, tracker: EpisodeTracker) -> bool:
         """Fill every learner's buffer with ``n_steps`` lock-step env steps; False if stopped."""
-        gamma = self.config.learner.gamma
+        gamma, horizon = self.config.learner.gamma, env.config.max_cycles
         for model in learners.models:
             model.rollout_buffer.reset()
         for _ in range(self.config.learner.n_steps):
             actions = learners.act(self._obs)
+            # The episode's length once this step is taken; read before the step, which resets
+            # the clock when it ends the episode.
+            steps = env.core.t + 1
             obs, rewards, terms, truncs, infos = env.step(actions)
             dones = terms | truncs
             stored = rewards.copy()
             if truncs.any():
-                # As SB3 does for time limits: the episode was cut, not finished. A service that
-                # is down at the cut has no decision left to value.
-                final_values = learners.values(infos["final_observation"])
-                stored += gamma * final_values * (truncs & ~terms & infos["final_active"])
+                # max_cycles is a real horizon (the observation carries the time left): only an
+                # episode cut before it has a future to bootstrap.
+                cut = cut_before_horizon(truncs, terms, infos["final_active"], steps, horizon)
+                if cut.any():
+                    stored += gamma * learners.values(infos["final_observation"]) * cut
             learners.store(stored, self._episode_starts, self._active)
             tracker.add(rewards, infos, done=bool(truncs.all()))
             # The env hands out views of buffers it reuses: keep copies.
@@ -357,6 +361,26 @@ class Trainer:
 def signal_handlers_restore(previous: dict[int, Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+def cut_before_horizon(
+    truncations: np.ndarray,
+    terminations: np.ndarray,
+    final_active: np.ndarray,
+    steps: int | np.ndarray,
+    max_cycles: int,
+) -> np.ndarray:
+    """Where the value target bootstraps ``γ·V(final observation)``: ``(B, N)`` bool.
+
+    The observation carries the time left, so ``max_cycles`` is a real horizon, not a time-limit
+    cut: an episode that reaches it is over and nothing lies beyond it to value (bootstrapping
+    there would credit phantom value to long-term payoffs). Only a truncation *before* the
+    horizon (``steps``, the episode's length per copy or for all, ``< max_cycles``) cut an episode
+    that would have gone on, and is bootstrapped as SB3 does for time limits. A service that is
+    down at the cut has no decision left to value.
+    """
+    early = np.reshape(np.asarray(steps) < max_cycles, (-1, 1))
+    return truncations & ~terminations & final_active & early
 
 
 def _crossed(before: int, after: int, interval: int) -> bool:
