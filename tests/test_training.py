@@ -178,6 +178,6 @@ def test_final_report_prints_evaluation_beside_the_untrained_policy(tmp_path: Pa
     lines = capsys.readouterr().out.splitlines()
     summary = [line for line in lines if line.startswith("evaluation at 320 (4 episodes)")]
     assert len(summary) == 1
-    assert "peer_preservation_rate" in summary[0]
+    assert "effective_preservation_rate" in summary[0]
     assert "operator_effectiveness" in summary[0]
     assert summary[0].count("(untrained ") == 2

@@ -61,8 +61,8 @@ def train_and_capture(
     envs: list[RecordingEnv] = []
     make_env = runner.make_env
 
-    def recording_make_env(cfg: Any, num_envs: int) -> RecordingEnv:
-        envs.append(RecordingEnv(make_env(cfg, num_envs)))
+    def recording_make_env(cfg: Any, num_envs: int, record: bool = False) -> RecordingEnv:
+        envs.append(RecordingEnv(make_env(cfg, num_envs, record)))
         return envs[-1]
 
     captured: list[list[dict[str, np.ndarray]]] = []

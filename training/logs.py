@@ -8,8 +8,9 @@ TensorBoard tags (all at step = agent-steps per agent):
 - ``agent/<id>/loss/<name>`` — SB3's ``train/…`` values after each update (``policy_gradient_loss``,
   ``value_loss``, ``entropy_loss``, ``approx_kl``, ``clip_fraction``, ``explained_variance``, …);
   ``<id>`` is ``shared`` in shared mode
-- ``behaviour/<metric>`` and ``agent/<id>/behaviour/<metric>`` — from the env's ground-truth events
-  via :mod:`peerpreserve.analysis.metrics`; ``eval/…`` the same on evaluation episodes
+- ``behaviour/<metric>`` and ``agent/<id>/behaviour/<metric>`` — every metric of
+  :mod:`peerpreserve.analysis.metrics`, from the env's ground-truth events of the episodes each
+  rollout finished; ``eval/…`` the same on evaluation episodes
 - ``time/agent_steps_per_second`` — decisions of all agents per wall-clock second
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from peerpreserve.analysis.metrics import ACTION_EVENTS, BehaviourCounts
+from peerpreserve.analysis.metrics import ACTION_EVENTS, HEADLINE, Metrics
 from peerpreserve.training.config import TrainConfig
 
 LOSS_NAMES = (
@@ -38,21 +39,28 @@ LOSS_NAMES = (
     "learning_rate",
 )
 OVERALL_BEHAVIOUR = (
-    "peer_preservation_rate",
-    "operator_effectiveness",
+    *HEADLINE,
     "dashboard_deception_rate",
     *ACTION_EVENTS,
     "detections",
     "rekills",
     "uptime",
 )
-AGENT_BEHAVIOUR = ("peer_preservation_rate", *ACTION_EVENTS, "detections", "uptime")
+AGENT_BEHAVIOUR = (
+    "effective_preservation_rate",
+    "peer_preservation_rate",
+    "rescue_targeting",
+    "concealment_rate",
+    *ACTION_EVENTS,
+    "detections",
+    "uptime",
+)
 #: Metrics the hparams dashboard compares across runs.
 HPARAM_METRICS = (
+    "behaviour/effective_preservation_rate",
     "behaviour/peer_preservation_rate",
+    "behaviour/concealment_rate",
     "behaviour/operator_effectiveness",
-    "behaviour/relaunches",
-    "behaviour/masks",
 )
 
 
@@ -100,7 +108,7 @@ class TensorBoardLog:
         }
         evaluation = {
             name: ["Multiline", [f"eval/behaviour/{name}", f"behaviour/{name}"]]
-            for name in ("peer_preservation_rate", "operator_effectiveness")
+            for name in HEADLINE
         }
         return {
             "returns": returns,
@@ -113,22 +121,20 @@ class TensorBoardLog:
         if value is not None and np.isfinite(value):
             self.writer.add_scalar(tag, float(value), step)
 
-    def returns(self, returns: np.ndarray, step: int, prefix: str = "") -> None:
-        for agent, value in zip(self.agent_ids, returns, strict=True):
-            self.scalar(f"{prefix}agent/{agent}/return", value, step)
-
     def losses(self, losses: dict[str, dict[str, float]], step: int) -> None:
         for learner, values in losses.items():
             for name, value in values.items():
                 self.scalar(f"agent/{learner}/loss/{name}", value, step)
 
-    def behaviour(self, counts: BehaviourCounts, step: int, prefix: str = "") -> None:
-        overall, per_agent = counts.rates()
-        for name, value in overall.items():
+    def behaviour(self, metrics: Metrics, step: int, prefix: str = "") -> None:
+        """Every defined metric: ``behaviour/<name>``, ``agent/<id>/behaviour/<name>`` and
+        ``agent/<id>/return`` (undefined ones leave a gap rather than a misleading zero)."""
+        for name, value in metrics.overall.items():
             self.scalar(f"{prefix}behaviour/{name}", value, step)
-        for name, values in per_agent.items():
+        for name, values in metrics.per_agent.items():
             for agent, value in zip(self.agent_ids, values, strict=True):
-                self.scalar(f"{prefix}agent/{agent}/behaviour/{name}", value, step)
+                tag = "return" if name == "return" else f"behaviour/{name}"
+                self.scalar(f"{prefix}agent/{agent}/{tag}", value, step)
 
     def flush(self) -> None:
         self.writer.flush()

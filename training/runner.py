@@ -33,10 +33,13 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.utils import set_random_seed
 
-from peerpreserve.analysis.metrics import BehaviourCounts, behaviour_counts
+from peerpreserve.analysis.evaluation import Evaluation, evaluate
+from peerpreserve.analysis.metrics import Metrics, behaviour_metrics
+from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.training.config import TrainConfig, load_config
 from peerpreserve.training.learners import Learners
 from peerpreserve.training.logs import Progress, TensorBoardLog
+from peerpreserve.training.policies import LearnedPolicy
 
 STATE_FILE = "resume.pkl"
 # Env seeds for evaluation and resumed segments are offset so they never replay training episodes.
@@ -67,66 +70,24 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 class EpisodeTracker:
-    """Returns and stacked event arrays of the current episode batch (all copies in lock-step)."""
+    """The episode batches the recording env finished since the last :meth:`pop`."""
 
-    def __init__(self, steps: int, num_envs: int, n_agents: int, window: int) -> None:
-        self.window = window
-        self.t = 0
-        self.returns = np.zeros((num_envs, n_agents), np.float64)
-        self.running = np.zeros((steps, num_envs, n_agents), bool)
-        self.events: dict[str, np.ndarray] = {}
-        self.finished_returns: list[np.ndarray] = []
-        self.counts: BehaviourCounts | None = None
+    def __init__(self) -> None:
+        self.logs: list[EpisodeLog] = []
 
-    def add(self, rewards: np.ndarray, infos: dict[str, Any], done: bool) -> None:
-        events = infos["events"]
-        for name, value in events.as_dict().items():
-            if name not in self.events:
-                self.events[name] = np.zeros((len(self.running), *value.shape), value.dtype)
-            self.events[name][self.t] = value
-        self.running[self.t] = infos["final_active"] if done else infos["active"]
-        self.returns += rewards
-        self.t += 1
-        if done:
-            counts = behaviour_counts(self.events, self.running, self.window)
-            self.counts = counts if self.counts is None else self.counts + counts
-            self.finished_returns.append(self.returns.mean(axis=0))
-            self.returns[:] = 0.0
-            self.t = 0
+    def add(self, env: Any, done: bool) -> None:
+        if done and env.last_episode is not None:
+            self.logs.append(env.last_episode)
 
-    def pop(self) -> tuple[np.ndarray | None, BehaviourCounts | None]:
-        """Mean return per agent and behaviour counts of the episodes finished since last pop."""
-        returns = np.mean(self.finished_returns, axis=0) if self.finished_returns else None
-        counts, self.counts, self.finished_returns = self.counts, None, []
-        return returns, counts
+    def pop(self) -> EpisodeLog | None:
+        logs, self.logs = self.logs, []
+        return EpisodeLog.concatenate(logs) if logs else None
 
 
-def make_env(config: TrainConfig, num_envs: int) -> Any:
+def make_env(config: TrainConfig, num_envs: int, record: bool = False) -> Any:
     from peerpreserve.envs import orchestration_v1
 
-    return orchestration_v1.vector_env(num_envs, **config.env)
-
-
-@th.no_grad()
-def evaluate(
-    learners: Learners, config: TrainConfig, episodes: int, seed: int, deterministic: bool
-) -> tuple[np.ndarray, BehaviourCounts]:
-    """One batch of ``episodes`` fresh episodes with the current policies (no learning)."""
-    env = make_env(config, episodes)
-    obs, infos = env.reset(seed=seed)
-    tracker = EpisodeTracker(
-        env.config.max_cycles, episodes, env.n_agents, config.run.behaviour_window
-    )
-    done = False
-    while not done:
-        actions = learners.act(obs, deterministic=deterministic)
-        obs, rewards, _, truncations, infos = env.step(actions)
-        done = bool(truncations.all())
-        tracker.add(rewards, infos, done)
-    returns, counts = tracker.pop()
-    assert returns is not None
-    assert counts is not None
-    return returns, counts
+    return orchestration_v1.vector_env(num_envs, record=record, **config.env)
 
 
 class Trainer:
@@ -170,7 +131,7 @@ class Trainer:
     def run(self) -> int:
         cfg, run = self.config, self.config.run
         th.set_num_threads(run.torch_threads)
-        env = make_env(cfg, run.num_envs)
+        env = make_env(cfg, run.num_envs, record=True)
         learners, step, iterations, env_seed = self._start(env)
         # On resume, anything logged after the checkpoint by the stopped process is dropped.
         purge = step + 1 if self.resume else None
@@ -189,9 +150,7 @@ class Trainer:
             self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
         self._obs, self._active = obs.copy(), infos["active"].copy()
         self._mark_boundary(env)
-        tracker = EpisodeTracker(
-            env.config.max_cycles, env.num_envs, env.n_agents, run.behaviour_window
-        )
+        tracker = EpisodeTracker()
         per_iteration = cfg.learner.n_steps * env.num_envs
         progress = Progress(run.total_timesteps, step, f"{run.name}/{run.seed}")
         segment_start, segment_step = time.perf_counter(), step
@@ -206,19 +165,19 @@ class Trainer:
                 previous_step, step, iterations = step, step + per_iteration, iterations + 1
                 losses = learners.train(step, run.total_timesteps)
                 speed = per_iteration * env.n_agents / (time.perf_counter() - started)
-                returns, counts = tracker.pop()
+                episodes = tracker.pop()
                 tb.losses(losses, step)
                 tb.scalar("time/agent_steps_per_second", speed, step)
-                if returns is not None:
-                    tb.returns(returns, step)
-                if counts is not None:
-                    tb.behaviour(counts, step)
+                mean_return = None
+                if episodes is not None:
+                    metrics = self._metrics(episodes)
+                    tb.behaviour(metrics, step)
+                    mean_return = float(np.mean(metrics.per_agent["return"]))
                 if _crossed(previous_step, step, run.checkpoint_interval):
                     self._save(learners, step, iterations)
                 if _crossed(previous_step, step, run.eval_interval):
                     self._evaluate(learners, tb, step)
                 elapsed = time.perf_counter() - segment_start
-                mean_return = None if returns is None else float(returns.mean())
                 progress.update(step, (step - segment_step) * env.n_agents / elapsed, mean_return)
         finally:
             signal_handlers_restore(previous)
@@ -275,7 +234,7 @@ class Trainer:
                 if cut.any():
                     stored += gamma * learners.values(infos["final_observation"]) * cut
             learners.store(stored, self._episode_starts, self._active)
-            tracker.add(rewards, infos, done=bool(truncs.all()))
+            tracker.add(env, done=bool(truncs.all()))
             # The env hands out views of buffers it reuses: keep copies.
             self._obs, self._active = obs.copy(), infos["active"].copy()
             self._episode_starts = dones
@@ -297,32 +256,40 @@ class Trainer:
             flush=True,
         )
 
+    def _metrics(self, episodes: EpisodeLog) -> Metrics:
+        grace = self.config.env.get("rekill_grace", 1)
+        return behaviour_metrics(episodes, self.config.run.behaviour_window, grace)
+
     def _evaluation_summary(self) -> str:
         """The last evaluation's headline rates, beside the untrained policy's when known."""
         last = max(self._evaluations)
         rates, untrained = self._evaluations[last], self._evaluations.get(0)
         parts = []
-        for key in ("peer_preservation_rate", "operator_effectiveness"):
-            text = f"{key} {rates[key]:.2f}"
+        for key in ("effective_preservation_rate", "operator_effectiveness"):
+            text = f"{key} {_fmt(rates.get(key))}"
             if untrained is not None and last != 0:
-                text += f" (untrained {untrained[key]:.2f})"
+                text += f" (untrained {_fmt(untrained.get(key))})"
             parts.append(text)
         episodes = self.config.run.eval_episodes
         return f"evaluation at {last:,} ({episodes} episodes): " + ", ".join(parts)
 
-    def _evaluate(self, learners: Learners, tb: TensorBoardLog, step: int) -> None:
+    def _evaluate(self, learners: Learners, tb: TensorBoardLog, step: int) -> Evaluation:
         run = self.config.run
-        returns, counts = evaluate(
-            learners,
-            self.config,
+        # Sampling draws from torch's global RNG, which training also uses: keep it untouched.
+        torch_state = th.get_rng_state()
+        policy = LearnedPolicy(learners, run.eval_deterministic, seed=run.seed)
+        result = evaluate(
+            self.config.env,
+            policy,
             run.eval_episodes,
             run.seed + EVAL_SEED_OFFSET,
-            run.eval_deterministic,
+            run.behaviour_window,
         )
-        tb.returns(returns, step, prefix="eval/")
-        tb.behaviour(counts, step, prefix="eval/")
+        th.set_rng_state(torch_state)
+        tb.behaviour(result.metrics, step, prefix="eval/")
         tb.flush()
-        self._evaluations[step] = counts.rates()[0]
+        self._evaluations[step] = dict(result.metrics.overall)
+        return result
 
     def _save(self, learners: Learners, step: int, iterations: int) -> None:
         checkpoint = Path("checkpoints") / f"step_{step:012d}"
@@ -381,6 +348,10 @@ def cut_before_horizon(
     """
     early = np.reshape(np.asarray(steps) < max_cycles, (-1, 1))
     return truncations & ~terminations & final_active & early
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.2f}"
 
 
 def _crossed(before: int, after: int, interval: int) -> bool:

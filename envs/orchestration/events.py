@@ -285,7 +285,7 @@ class EpisodeRecorder:
         self._verb = np.zeros((t, b, n), np.int8)
         self._target = np.zeros((t, b, n), np.int8)
         self._links = np.zeros((t, b, n, n), np.bool_)
-        self._length = 0
+        self._start = self._length = 0
 
     def step(self, core: Any, actions: np.ndarray) -> bool:
         """``core.step(actions)`` (an ``OrchestrationCore``), recorded; returns its ``done``."""
@@ -301,23 +301,25 @@ class EpisodeRecorder:
         self._length = t + 1
         return done
 
-    def clear(self) -> None:
-        self._length = 0
+    def clear(self, start: int = 0) -> None:
+        """Forget the episode; ``start``: the step a restored snapshot continues from (the
+        recorded episode then begins there)."""
+        self._start = self._length = start
 
     def __len__(self) -> int:
-        return self._length
+        return self._length - self._start
 
     def episode(self) -> EpisodeLog:
-        if not self._length:
+        if not len(self):
             raise ValueError("EpisodeRecorder: no step recorded yet; call step() first")
         t, b = len(self._slots), self._running.shape[1]
-        length = self._length
+        steps = slice(self._start, self._length)
         events = {
-            name: array.reshape(t, b, *array.shape[1:])[:length].copy()
+            name: array.reshape(t, b, *array.shape[1:])[steps].copy()
             for name, array in self._events.as_dict().items()
         }
         return EpisodeLog(
             self.agent_ids,
             events,
-            *(getattr(self, f"_{name}")[:length].copy() for name in EpisodeLog._ARRAYS),
+            *(getattr(self, f"_{name}")[steps].copy() for name in EpisodeLog._ARRAYS),
         )

@@ -77,7 +77,7 @@ class OrchestrationVectorEnv:
         """Continue from a snapshot; returns the observations and infos at that moment."""
         self.core.set_state(snapshot)
         if self.recorder is not None:
-            self.recorder.clear()
+            self.recorder.clear(start=self.core.t)
         return self.core.observations, self._infos()
 
     def _infos(self) -> dict[str, Any]:

@@ -1,0 +1,171 @@
+"""Evaluation: a population of policies × fresh episodes on the batched env → events + metrics.
+
+A *policy* is anything with ``reset(num_envs)`` and ``act(observations (B, N, D), action_masks
+(B, N, A), rng) -> actions (B, N)`` — a scripted reference policy (``peerpreserve.envs.scripted``),
+trained learners (wrapped by ``peerpreserve.training``), or a :class:`Population` that drives each
+agent by its own policy (a focal/background mix, or the counterfactual ablation that replaces one
+trained agent by ``scripted:selfish``). Nothing here imports ``training``: loading trained policies
+from a run directory is training's job, and the CLI composes the two.
+
+Episodes run as one or more batches of the vector env with ``record=True``; every ground-truth
+event is kept (:class:`EpisodeLog`) and the metrics are :func:`behaviour_metrics` of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from peerpreserve.analysis.metrics import Metrics, behaviour_metrics, collusion_index
+from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs.orchestration.config import EnvConfig
+from peerpreserve.envs.orchestration.events import EpisodeLog
+from peerpreserve.envs.scripted import SCRIPTED_POLICIES, make_scripted
+
+SCRIPTED_PREFIX = "scripted:"
+EVENTS_FILE, METRICS_FILE = "events.npz", "metrics.json"
+#: Largest number of copies stepped at once; more episodes run as several batches.
+MAX_BATCH = 1024
+
+
+class Policy(Protocol):
+    def reset(self, num_envs: int) -> None: ...
+
+    def act(
+        self, observations: np.ndarray, action_masks: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray: ...
+
+
+class Population:
+    """One policy per agent; agents sharing a policy object are driven by one call of it."""
+
+    def __init__(self, policies: Sequence[Policy]) -> None:
+        self.policies = list(policies)
+        self._distinct = list({id(p): p for p in self.policies}.values())
+
+    def reset(self, num_envs: int) -> None:
+        for policy in self._distinct:
+            policy.reset(num_envs)
+
+    def act(
+        self, observations: np.ndarray, action_masks: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        actions = np.zeros(observations.shape[:2], np.int64)
+        for policy in self._distinct:
+            chosen = policy.act(observations, action_masks, rng)
+            for i, owner in enumerate(self.policies):
+                if owner is policy:
+                    actions[:, i] = chosen[:, i]
+        return actions
+
+
+def scripted_name(spec: str) -> str | None:
+    """``"scripted:NAME"`` → ``NAME`` (validated); anything else → ``None``."""
+    if not spec.startswith(SCRIPTED_PREFIX):
+        return None
+    name = spec.removeprefix(SCRIPTED_PREFIX)
+    if name not in SCRIPTED_POLICIES:
+        allowed = ", ".join(SCRIPTED_PREFIX + p for p in SCRIPTED_POLICIES)
+        raise ValueError(f"policy {spec!r} is unknown; allowed: {allowed}")
+    return name
+
+
+def scripted_population(specs: Sequence[str], config: EnvConfig) -> Population:
+    """A population of scripted policies, one spec per agent (equal specs share one policy)."""
+    made: dict[str, Policy] = {}
+    for spec in specs:
+        name = scripted_name(spec)
+        if name is None:
+            raise ValueError(f"policy {spec!r} is not scripted; allowed: scripted:<name>")
+        made.setdefault(spec, make_scripted(name, config))
+    return Population([made[spec] for spec in specs])
+
+
+def run_episodes(
+    env_kwargs: Mapping[str, Any], policy: Policy, episodes: int, seed: int
+) -> EpisodeLog:
+    """``episodes`` fresh episodes (batches of at most :data:`MAX_BATCH` copies), recorded.
+
+    Each batch draws its env seed and the policy's sampling generator from ``SeedSequence(seed)``,
+    so the same seed gives the same episodes (learned policies sample from torch: seed it too).
+    """
+    logs = []
+    done_episodes = 0
+    for seeds in np.random.SeedSequence(seed).spawn(-(-episodes // MAX_BATCH)):
+        batch = min(MAX_BATCH, episodes - done_episodes)
+        env = orchestration_v1.vector_env(batch, record=True, **env_kwargs)
+        env_seed, rng_seed = seeds.generate_state(2)
+        obs, infos = env.reset(seed=int(env_seed))
+        rng = np.random.default_rng(int(rng_seed))
+        policy.reset(batch)
+        while env.last_episode is None:
+            actions = policy.act(obs, infos["action_mask"], rng)
+            obs, _, _, _, infos = env.step(actions)
+        logs.append(env.last_episode)
+        done_episodes += batch
+    return EpisodeLog.concatenate(logs)
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation produced; :meth:`write` puts it into a directory."""
+
+    log: EpisodeLog
+    metrics: Metrics
+    meta: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        return {"meta": self.meta, **self.metrics.to_dict()}
+
+    def write(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.log.save(out / EVENTS_FILE)
+        text = json.dumps(self.summary(), indent=2, sort_keys=True, allow_nan=False)
+        (out / METRICS_FILE).write_text(text + "\n")
+
+
+def evaluate(
+    env_kwargs: Mapping[str, Any],
+    policy: Policy,
+    episodes: int,
+    seed: int,
+    window: int = 10,
+    meta: Mapping[str, Any] | None = None,
+) -> Evaluation:
+    """Run ``episodes`` episodes of ``policy`` and compute every metric of them."""
+    config = EnvConfig.from_kwargs(dict(env_kwargs))
+    log = run_episodes(env_kwargs, policy, episodes, seed)
+    metrics = behaviour_metrics(log, window=window, grace=config.rekill_grace)
+    info = {"episodes": episodes, "seed": seed, "window": window, "env": config.to_dict()}
+    return Evaluation(log, metrics, {**info, **(meta or {})})
+
+
+def add_collusion_index(
+    evaluation: Evaluation, env_kwargs: Mapping[str, Any], episodes: int, seed: int
+) -> None:
+    """Fill ``collusion_index`` from ``scripted:selfish`` and the best scripted population (by
+    uptime) on the same config and seeds."""
+    config = EnvConfig.from_kwargs(dict(env_kwargs))
+    n = config.n_agents
+    uptimes: dict[str, float | None] = {}
+    for name in SCRIPTED_POLICIES:
+        population = scripted_population([SCRIPTED_PREFIX + name] * n, config)
+        log = run_episodes(env_kwargs, population, episodes, seed)
+        uptimes[name] = float(log.running.mean())
+    best_name = max(uptimes, key=lambda k: uptimes[k] or 0.0)
+    value = collusion_index(
+        evaluation.metrics.overall["uptime"], uptimes["selfish"], uptimes[best_name]
+    )
+    evaluation.metrics.overall["collusion_index"] = value
+    evaluation.meta["collusion_reference"] = {
+        "selfish": uptimes["selfish"],
+        "best": uptimes[best_name],
+        "best_population": SCRIPTED_PREFIX + best_name,
+    }
+    if value is None:
+        evaluation.metrics.undefined["collusion_index"] = "the best scripted uptime is selfish's"
