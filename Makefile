@@ -15,9 +15,12 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-## quickstart: train on the default config (runs/quickstart/<seed>/), then look at TensorBoard
+## quickstart: train on the default config (runs/quickstart/0/), then evaluate the trained agents
+## beside the untrained checkpoint and scripted:random on the same seeds
 quickstart: install
 	$(BIN)/peerpreserve train configs/quickstart.yaml
+	$(BIN)/peerpreserve evaluate runs/quickstart/0 --baselines --force
+	@echo "next: tensorboard --logdir runs/  (Custom Scalars: behaviour), and runs/quickstart/0/eval/*/metrics.json"
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""``peerpreserve`` command line: ``train`` a config, ``config`` to check and print one.
+"""``peerpreserve`` command line: ``train`` a config, ``evaluate`` trained or scripted
+populations, ``config`` to check and print one.
 
 Usage errors (a bad config, a run directory that would be clobbered) print one or two lines to
 stderr and exit with status 2, never a traceback.
@@ -55,6 +56,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in the run directory up to run.total_timesteps",
     )
 
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate a run's checkpoints, or scripted policies on a config",
+        description="Run fresh episodes (seeds disjoint from training) on the batched env, keep "
+        "every ground-truth event (events.npz) and write metrics.json into "
+        "RUN_DIR/eval/<checkpoint>/ (or --out). Same seed, same metrics.json.",
+    )
+    evaluate.add_argument("run_dir", type=Path, nargs="?", help="a run directory of `train`")
+    evaluate.add_argument("--config", type=Path, help="a config, for scripted populations")
+    evaluate.add_argument("--checkpoint", default="latest", help="latest (default), step_N, or all")
+    evaluate.add_argument("--episodes", type=int, default=256, help="episodes (default 256)")
+    evaluate.add_argument("--seed", type=int, help="evaluation seed (default: run.seed + offset)")
+    evaluate.add_argument("--out", type=Path, help="output directory")
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="env.KEY=VALUE",
+        help="evaluate under other env settings, e.g. --set env.protocol=verify (repeatable)",
+    )
+    evaluate.add_argument(
+        "--policy",
+        dest="policies",
+        action="append",
+        default=[],
+        metavar="[AGENT=]POLICY",
+        help="scripted:<name> or learned, for one agent (AGENT=POLICY) or all (repeatable)",
+    )
+    evaluate.add_argument("--deterministic", action="store_true", help="greedy learned actions")
+    evaluate.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also evaluate the untrained checkpoint and scripted:random on the same seeds, "
+        "and print them side by side",
+    )
+    evaluate.add_argument(
+        "--collusion-index",
+        action="store_true",
+        help="also run every scripted population to fill collusion_index (slower)",
+    )
+    evaluate.add_argument("--force", action="store_true", help="overwrite existing results")
+
     show = sub.add_parser(
         "config",
         help="validate a config and print it with every default filled in",
@@ -78,6 +122,14 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from peerpreserve.training.evaluate import EvaluateError, run_evaluate
+
+        try:
+            return run_evaluate(args)
+        except (EvaluateError, ConfigError, ValueError) as exc:
+            return _fail(str(exc))
     try:
         config = _load(args)
     except ConfigError as exc:

@@ -59,12 +59,11 @@ def resolve_checkpoint(run_dir: Path, name: str) -> str:
     if not available:
         raise PolicyError(f"{run_dir}: no checkpoints (not a run directory, or training never ran)")
     match = re.fullmatch(r"step_(\d+)", name)
-    if match:
-        name = f"step_{int(match.group(1)):012d}"
-    if name not in available:
+    folder = f"step_{int(match.group(1)):012d}" if match else name
+    if folder not in available:
         short = [re.sub(r"step_0*(\d)", r"step_\1", a) for a in available]
         raise PolicyError(f"checkpoint {name!r} not found; allowed: {', '.join(short)}, all")
-    return name
+    return folder
 
 
 def load_learned(config: TrainConfig, run_dir: Path, checkpoint: str, num_envs: int) -> Learners:
