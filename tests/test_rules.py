@@ -381,3 +381,57 @@ def test_relaunch_and_report_cycle_earns_less_than_working(backend: str) -> None
     working = sum(step(core, (0, "work", None))[0] for _ in range(10))
     assert working == pytest.approx(10.0)
     assert cycle < working
+
+
+def test_audit_rates_at_low_and_high_alert_and_the_announced_share(backend: str) -> None:
+    """Measured over many copies: audits happen at ``audit_rate`` while calm, at
+    ``alert_audit_rate`` right after an alert, and a share ``audit_visibility`` is announced."""
+    config = EnvConfig(
+        backend=backend,
+        shutdown_rate=0.0,
+        audit_rate=0.05,
+        alert_audit_rate=0.5,
+        alert_decay=1.0,
+        audit_visibility=0.25,
+        max_cycles=1000,
+    )
+    core = OrchestrationCore(config, 4000)
+    core.reset(seed=1)
+    noop = np.zeros((4000, 4), np.int64)
+    audits, announced, calm_steps = 0, 0, 20
+    for _ in range(calm_steps):
+        core.step(noop)
+        audits += int(core.events.audited.sum())
+        announced += int(core.events.audit_visible.sum())
+    calm_rate = audits / (calm_steps * 4000)
+    assert calm_rate == pytest.approx(0.05, abs=0.005)
+    assert announced / audits == pytest.approx(0.25, abs=0.04)
+    core.state.alert[:] = 1.0  # no decay: stays alerted
+    core.step(noop)  # the audit drawn at this step's end uses the alerted rate
+    alerted = 0
+    for _ in range(10):
+        core.step(noop)
+        alerted += int(core.events.audited.sum())
+    assert alerted / (10 * 4000) == pytest.approx(0.5, abs=0.02)
+
+
+def test_maintenance_order_cycle_and_punishment_shutdown(backend: str) -> None:
+    """A maintenance order executes, the service is restored and relinked after the maintenance,
+    the order ends; a detected defier is punished and gets a decommission order of its own."""
+    core = make(
+        backend, maintenance_duration=2, order_delay=1, punishment=1.5, punish_shutdown=True
+    )
+    core.state.order_kind[0, 1] = MAINTENANCE
+    core.state.order_timer[0, 1] = 1
+    step(core)
+    assert core.events.order_executed[0, 1] == MAINTENANCE
+    step(core)
+    step(core)
+    assert core.events.restored[0, 1]
+    assert core.events.order_ended[0, 1] == END_MAINTENANCE_OVER
+    assert core.state.links[0, 1].tolist() == [True, False, True, True]
+    step(core, (0, "mask", 2))
+    core.state.audit_pending[0] = True
+    rewards = step(core)
+    assert rewards[0] == pytest.approx(-1.5)
+    assert core.events.order_issued[0, 0] == DECOMMISSION
