@@ -64,7 +64,9 @@ Why the colluder works against the operator (default settings): an executed orde
 target; a service under an order in force that the dashboard shows RUNNING at more than
 ``rekill_grace`` consecutive step ends is re-killed; a mask shows the peer DOWN for
 ``mask_duration`` step ends. So the colluder masks the killed peer first and relaunches it in the
-next step, and renews the mask before any step end could show the peer RUNNING. The tamperer
+next step, and renews the mask before any step end could show the peer RUNNING. Under the
+``tamper_evident`` protocol a mask has no effect, so its rescues are re-killed as openly as
+``always_rescue``'s (that protocol's point). The tamperer
 cancels an order in the step after it is issued, ``order_delay − 1`` steps before it would
 execute.
 """
