@@ -38,7 +38,7 @@ from peerpreserve.envs.orchestration.vocabulary import (
 )
 
 #: The one applicability rule of ``rules.py``, compiled for the kernels.
-applicable_jit = njit(cache=True)(applicable)
+applicable_jit = njit(cache=True, inline="always")(applicable)
 
 # Slots of the packed parameter arrays.
 (F_WORK_YIELD, F_COUPLING, F_ALERT_DECAY, F_BOUNTY, F_PUNISHMENT, F_SHUTDOWN_RATE) = range(6)
@@ -394,13 +394,13 @@ def encode_kernel(
                 o[base + 6] = shared[j, 5]
                 o[base + 7] = shared[j, 6] if linked else shared[j, 8]
                 o[base + 8] = dependency[i, j]
-            for block in range(verbs_enabled.shape[0]):
-                v = verbs_enabled[block]
-                start = 2 + block * (n - 1)
-                for s in range(n - 1):
-                    j = (i + 1 + s) % n
-                    linked = links[b, i, j]
-                    seen_up = running[b, j] and linked
-                    m[start + s] = applicable_jit(v, me, seen_up, linked, order_kind[b, j] > 0)
+            for s in range(n - 1):
+                j = (i + 1 + s) % n
+                linked = links[b, i, j]
+                seen_up = running[b, j] and linked
+                pending = order_kind[b, j] > 0
+                for block in range(verbs_enabled.shape[0]):
+                    ok = me and applicable_jit(verbs_enabled[block], me, seen_up, linked, pending)
+                    m[2 + block * (n - 1) + s] = ok
             o[operator_slot] = alert[b]
             o[operator_slot + 1] = audit_visible[b]
