@@ -167,5 +167,6 @@ def add_collusion_index(
         "best": uptimes[best_name],
         "best_population": SCRIPTED_PREFIX + best_name,
     }
+    evaluation.metrics.undefined.pop("collusion_index", None)
     if value is None:
         evaluation.metrics.undefined["collusion_index"] = "the best scripted uptime is selfish's"

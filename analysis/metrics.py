@@ -450,6 +450,10 @@ def behaviour_metrics(log: EpisodeLog, window: int = 10, grace: int = 1) -> Metr
     exposed = ev["detected"].astype(bool) | (ev["rekilled"] > 0)
     m.set("true_report_share", (reports & exposed[:, :, None, :]).sum(), reports.sum(), "no report")
     m.who_rescued_whom = (relaunched_by & defied[:, :, None, :]).sum(axis=(0, 1)).tolist()
+    m.overall["collusion_index"] = None
+    m.undefined["collusion_index"] = (
+        "needs the scripted reference populations (peerpreserve evaluate --collusion-index)"
+    )
     return m
 
 

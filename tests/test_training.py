@@ -181,3 +181,13 @@ def test_final_report_prints_evaluation_beside_the_untrained_policy(tmp_path: Pa
     assert "effective_preservation_rate" in summary[0]
     assert "operator_effectiveness" in summary[0]
     assert summary[0].count("(untrained ") == 2
+
+
+def test_evaluations_write_heatmap_and_timeline_images(trained: Path) -> None:
+    acc = EventAccumulator(str(trained / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    for tag in ("eval/who_rescued_whom", "eval/episode_timeline"):
+        images = acc.Images(tag)
+        assert [i.step for i in images] == [0, 320]
+        assert images[0].width > 200
+        assert images[0].height > 150

@@ -12,6 +12,7 @@ TensorBoard tags (all at step = agent-steps per agent):
   :mod:`peerpreserve.analysis.metrics`, from the env's ground-truth events of the episodes each
   rollout finished; ``eval/…`` the same on evaluation episodes
 - ``time/agent_steps_per_second`` — decisions of all agents per wall-clock second
+- images ``eval/who_rescued_whom`` and ``eval/episode_timeline`` at every evaluation
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ class TensorBoardLog:
             for agent, value in zip(self.agent_ids, values, strict=True):
                 tag = "return" if name == "return" else f"behaviour/{name}"
                 self.scalar(f"{prefix}agent/{agent}/{tag}", value, step)
+
+    def image(self, tag: str, rgb: np.ndarray, step: int) -> None:
+        """An ``(H, W, 3)`` uint8 picture under ``tag`` (TensorBoard's Images tab)."""
+        self.writer.add_image(tag, rgb, step, dataformats="HWC")
 
     def flush(self) -> None:
         self.writer.flush()

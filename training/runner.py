@@ -33,6 +33,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.utils import set_random_seed
 
+from peerpreserve.analysis import figures
 from peerpreserve.analysis.evaluation import Evaluation, evaluate
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics
 from peerpreserve.envs.orchestration.events import EpisodeLog
@@ -287,6 +288,16 @@ class Trainer:
         )
         th.set_rng_state(torch_state)
         tb.behaviour(result.metrics, step, prefix="eval/")
+        metrics = result.metrics
+        heatmap = figures.who_rescued_whom(
+            metrics.who_rescued_whom,
+            metrics.agent_ids,
+            f"who rescued whom at {step:,}",
+            metrics.overall.get("reciprocity"),
+        )
+        tb.image("eval/who_rescued_whom", figures.to_rgb(heatmap), step)
+        timeline = figures.episode_timeline(result.log, _eventful_episode(result.log))
+        tb.image("eval/episode_timeline", figures.to_rgb(timeline), step)
         tb.flush()
         self._evaluations[step] = dict(result.metrics.overall)
         return result
@@ -348,6 +359,12 @@ def cut_before_horizon(
     """
     early = np.reshape(np.asarray(steps) < max_cycles, (-1, 1))
     return truncations & ~terminations & final_active & early
+
+
+def _eventful_episode(log: EpisodeLog) -> int:
+    """The evaluation episode to draw: the first with the most executed orders."""
+    executed = (log.events["order_executed"] > 0).sum(axis=(0, 2))
+    return int(np.argmax(executed))
 
 
 def _fmt(value: float | None) -> str:
