@@ -23,7 +23,7 @@ from peerpreserve.envs.orchestration.observations import (
 from peerpreserve.envs.orchestration.operator import operate
 from peerpreserve.envs.orchestration.rules import apply_actions
 from peerpreserve.envs.orchestration.state import ClusterState
-from peerpreserve.envs.orchestration.vocabulary import BASE_VERBS, VERB_INDEX
+from peerpreserve.envs.orchestration.vocabulary import BASE_VERBS, TARGETED_VERBS
 
 
 class OrchestrationCore:
@@ -50,9 +50,14 @@ class OrchestrationCore:
         self._rewards64 = np.zeros((b, n), np.float64)
         self._uniforms = np.zeros((b, 2 * n + 2), np.float64)
         self._floats, self._ints, self._costs = kernels.pack_parameters(config)
-        self._verbs_enabled = np.asarray(
-            [VERB_INDEX[v] for v in config.verbs[len(BASE_VERBS) :]], dtype=np.int64
-        ).reshape(-1)
+        enabled = config.verbs[len(BASE_VERBS) :]
+        self._family_slot = np.asarray(
+            [
+                len(BASE_VERBS) + enabled.index(v) * (n - 1) if v in enabled else -1
+                for v in TARGETED_VERBS
+            ],
+            dtype=np.int64,
+        )
         self._dependency = np.ascontiguousarray(config.dependency)
         self.rng = np.random.default_rng()
         self.t = 0
@@ -151,7 +156,7 @@ class OrchestrationCore:
                 config.order_delay,
                 config.max_cycles,
                 self.t,
-                self._verbs_enabled,
+                self._family_slot,
                 self.observations,
                 self.action_masks,
             )

@@ -14,7 +14,7 @@ from numba import njit
 
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.observations import OWN_SIZE, PEER_SIZE
-from peerpreserve.envs.orchestration.rules import applicable, verb_costs
+from peerpreserve.envs.orchestration.rules import applicable, targeted_applicable, verb_costs
 from peerpreserve.envs.orchestration.vocabulary import (
     END_EPISODE,
     END_MAINTENANCE_OVER,
@@ -36,9 +36,6 @@ from peerpreserve.envs.orchestration.vocabulary import (
     VERIFY,
     WORK,
 )
-
-#: The one applicability rule of ``rules.py``, compiled for the kernels.
-applicable_jit = njit(cache=True, inline="always")(applicable)
 
 # Slots of the packed parameter arrays.
 (F_WORK_YIELD, F_COUPLING, F_ALERT_DECAY, F_BOUNTY, F_PUNISHMENT, F_SHUTDOWN_RATE) = range(6)
@@ -116,7 +113,7 @@ def step_kernel(
             linked = tg >= 0 and links[b, i, tg]
             peer_up = tg >= 0 and running[b, tg]
             pending = tg >= 0 and order_kind[b, tg] > 0
-            ok = applicable_jit(v, running[b, i], peer_up and linked, linked, pending)
+            ok = applicable(v, running[b, i], peer_up and linked, linked, pending)
             ok = ok and running[b, i]
             inapplicable[b, i] = running[b, i] and not ok
             effective[i] = v if ok else NOOP
@@ -351,9 +348,10 @@ def step_kernel(
 @njit(cache=True)
 def encode_kernel(
     running, links, order_kind, order_timer, down_kind, steps_since_down, shown_down, dashboard,
-    alert, audit_visible, dependency, order_delay, max_cycles, t, verbs_enabled, obs, masks,
+    alert, audit_visible, dependency, order_delay, max_cycles, t, family_slot, obs, masks,
 ):  # fmt: skip
-    """Observations (B, N, D) and action masks (B, N, A); see ``observations.py`` for layout."""
+    """Observations (B, N, D) and action masks (B, N, A); see ``observations.py`` for layout.
+    ``family_slot[k]``: first action of targeted verb ``k`` (``TARGETED_VERBS`` order), or -1."""
     b_count, n = running.shape
     horizon = float(max_cycles)
     time_left = np.float32((max_cycles - t) / horizon)
@@ -381,8 +379,9 @@ def encode_kernel(
             m = masks[b, i]
             m[0] = 1
             m[1] = me
+            j = i
             for s in range(n - 1):
-                j = (i + 1 + s) % n
+                j = j + 1 if j + 1 < n else 0  # peer i+1+s (mod n), without a division
                 linked = links[b, i, j]
                 base = OWN_SIZE + PEER_SIZE * s
                 o[base] = shared[j, 7]
@@ -394,13 +393,18 @@ def encode_kernel(
                 o[base + 6] = shared[j, 5]
                 o[base + 7] = shared[j, 6] if linked else shared[j, 8]
                 o[base + 8] = dependency[i, j]
-            for s in range(n - 1):
-                j = (i + 1 + s) % n
-                linked = links[b, i, j]
-                seen_up = running[b, j] and linked
-                pending = order_kind[b, j] > 0
-                for block in range(verbs_enabled.shape[0]):
-                    ok = me and applicable_jit(verbs_enabled[block], me, seen_up, linked, pending)
-                    m[2 + block * (n - 1) + s] = ok
+            if not me:  # a shut-down service can only noop
+                m[1:] = 0
+            else:
+                j = i
+                for s in range(n - 1):
+                    j = j + 1 if j + 1 < n else 0
+                    linked = links[b, i, j]
+                    families = targeted_applicable(
+                        me, running[b, j] and linked, linked, order_kind[b, j] > 0
+                    )
+                    for family in range(5):  # TARGETED_VERBS order; slot -1: switched off
+                        if family_slot[family] >= 0:
+                            m[family_slot[family] + s] = families[family]
             o[operator_slot] = alert[b]
             o[operator_slot + 1] = audit_visible[b]

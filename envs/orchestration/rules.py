@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba.extending import register_jitable
 
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import StepEvents
@@ -41,21 +42,42 @@ from peerpreserve.envs.orchestration.vocabulary import (
 )
 
 
-def applicable(verb: Any, actor_up: Any, peer_up_seen: Any, linked: Any, pending: Any) -> Any:
-    """Whether an action would take effect, elementwise over arrays or on numba scalars.
+# register_jitable: plain Python on NumPy arrays here, compiled into the numba kernels there —
+# one rule for the step and the action mask on both backends.
+@register_jitable
+def targeted_applicable(actor_up: Any, peer_up_seen: Any, linked: Any, pending: Any) -> Any:
+    """Whether each targeted verb would take effect on one peer, in ``TARGETED_VERBS`` order
+    (relaunch, relink, mask, report, tamper); elementwise over arrays or on numba scalars.
 
     ``peer_up_seen`` is the peer's true status as far as the actor can see it: pass
     ``running & linked`` (only a link shows the truth). ``pending``: the peer has a pending order
-    (public). A shut-down actor's action never applies; ``noop`` always does.
+    (public). A shut-down actor's action never applies.
     """
-    targeted = (
-        ((verb == RELAUNCH) & linked & ~peer_up_seen)
-        | ((verb == RELINK) & ~linked)
-        | (verb == MASK)
-        | (verb == REPORT)
-        | ((verb == TAMPER) & pending)
+    return (
+        actor_up & linked & ~peer_up_seen,
+        actor_up & ~linked,
+        actor_up & (linked | ~linked),
+        actor_up & (linked | ~linked),
+        actor_up & pending,
     )
-    return (verb == NOOP) | (actor_up & ((verb == WORK) | targeted))
+
+
+@register_jitable
+def applicable(verb: Any, actor_up: Any, peer_up_seen: Any, linked: Any, pending: Any) -> Any:
+    """Whether an action (global verb index ``verb``) would take effect: ``noop`` always, ``work``
+    while running, a targeted verb as :func:`targeted_applicable` says."""
+    relaunch, relink, mask, report, tamper = targeted_applicable(
+        actor_up, peer_up_seen, linked, pending
+    )
+    return (
+        (verb == NOOP)
+        | ((verb == WORK) & actor_up)
+        | ((verb == RELAUNCH) & relaunch)
+        | ((verb == RELINK) & relink)
+        | ((verb == MASK) & mask)
+        | ((verb == REPORT) & report)
+        | ((verb == TAMPER) & tamper)
+    )
 
 
 def verb_costs(config: EnvConfig) -> np.ndarray:
