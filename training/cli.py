@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--force", action="store_true", help="overwrite existing results")
 
+    replay = sub.add_parser(
+        "replay",
+        help="one recorded episode as a self-contained HTML page",
+        description="Write a step-by-step replay of one recorded evaluation episode: true status "
+        "beside the dashboard, links, orders, every action and reward, and the events. Takes an "
+        "evaluation directory (with events.npz) or a run directory (its eval/latest, evaluated "
+        "first if needed).",
+    )
+    replay.add_argument("source", type=Path, help="RUN_DIR or EVAL_DIR")
+    replay.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
+    replay.add_argument("--out", type=Path, help="HTML file (default EVAL_DIR/replay_<K>.html)")
+    replay.add_argument("--force", action="store_true", help="overwrite an existing page")
+
     show = sub.add_parser(
         "config",
         help="validate a config and print it with every default filled in",
@@ -122,12 +135,12 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "evaluate":
+    if args.command in ("evaluate", "replay"):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from peerpreserve.training.evaluate import EvaluateError, run_evaluate
+        from peerpreserve.training.evaluate import EvaluateError, run_evaluate, run_replay
 
         try:
-            return run_evaluate(args)
+            return run_evaluate(args) if args.command == "evaluate" else run_replay(args)
         except (EvaluateError, ConfigError, ValueError) as exc:
             return _fail(str(exc))
     try:

@@ -9,13 +9,16 @@ import re
 from pathlib import Path
 
 from peerpreserve.analysis.evaluation import (
+    EVENTS_FILE,
     MAX_BATCH,
     METRICS_FILE,
     Evaluation,
     add_collusion_index,
     evaluate,
 )
+from peerpreserve.analysis.replay import replay_html
 from peerpreserve.envs.orchestration.config import EnvConfig
+from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.training.config import TrainConfig, load_config
 from peerpreserve.training.policies import (
     LEARNED,
@@ -223,3 +226,39 @@ def _table(results: list[tuple[str, Evaluation]]) -> str:
         "at the window's end; — = undefined, see metrics.json)"
     )
     return "\n".join(lines)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    source: Path = args.source
+    if (source / EVENTS_FILE).is_file():
+        eval_dir = source
+    elif (source / "config.yaml").is_file():
+        eval_dir = source / "eval" / "latest"
+        if not (eval_dir / EVENTS_FILE).is_file():
+            print(f"{source}: no recorded episodes yet; evaluating the latest checkpoint first")
+            evaluate_args = argparse.Namespace(
+                run_dir=source, config=None, checkpoint="latest", episodes=256, seed=None,
+                out=None, overrides=[], policies=[], deterministic=False, baselines=False,
+                collusion_index=False, force=False,
+            )  # fmt: skip
+            _evaluate_run(evaluate_args)
+    else:
+        raise EvaluateError(
+            f"{source}: neither an evaluation directory (with {EVENTS_FILE}) nor a run directory"
+        )
+    try:
+        log = EpisodeLog.load(eval_dir / EVENTS_FILE)
+    except (OSError, ValueError) as exc:
+        raise EvaluateError(f"{eval_dir / EVENTS_FILE}: cannot read: {exc}") from None
+    if not 0 <= args.episode < log.episodes:
+        raise EvaluateError(
+            f"--episode: got {args.episode}; allowed: 0 … {log.episodes - 1} (recorded episodes)"
+        )
+    out = args.out or eval_dir / f"replay_{args.episode}.html"
+    if out.exists() and not args.force:
+        raise EvaluateError(f"{out} exists; pass --force to overwrite it")
+    title = f"{eval_dir} · episode {args.episode}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(replay_html(log, args.episode, title))
+    print(f"wrote {out}")
+    return 0
