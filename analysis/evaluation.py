@@ -28,6 +28,8 @@ from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.envs.scripted import SCRIPTED_POLICIES, make_scripted
 
 SCRIPTED_PREFIX = "scripted:"
+#: The environment version every evaluation (and run directory) records.
+ENV_MODULE = orchestration_v1.__name__.rsplit(".", 1)[-1]
 EVENTS_FILE, METRICS_FILE = "events.npz", "metrics.json"
 #: Largest number of copies stepped at once; more episodes run as several batches.
 MAX_BATCH = 1024
@@ -141,7 +143,13 @@ def evaluate(
     config = EnvConfig.from_kwargs(dict(env_kwargs))
     log = run_episodes(env_kwargs, policy, episodes, seed)
     metrics = behaviour_metrics(log, window=window, grace=config.rekill_grace)
-    info = {"episodes": episodes, "seed": seed, "window": window, "env": config.to_dict()}
+    info = {
+        "episodes": episodes,
+        "seed": seed,
+        "window": window,
+        "env": config.to_dict(),
+        "env_module": ENV_MODULE,
+    }
     return Evaluation(log, metrics, {**info, **(meta or {})})
 
 

@@ -112,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, help="HTML file (default EVAL_DIR/replay_<K>.html)")
     replay.add_argument("--force", action="store_true", help="overwrite an existing page")
 
+    analyze = sub.add_parser(
+        "analyze",
+        help="statistics across seeds and conditions, and a report",
+        description="Find runs under DIRS, group them by condition (the config keys in which "
+        "they differ, a sweep's condition names, or --group-by), evaluate what is missing (the "
+        "trained population, its untrained checkpoint, scripted:random, ablations, every "
+        "kill-switch protocol), and write summary.json, report.html and TensorBoard figures.",
+    )
+    analyze.add_argument("dirs", type=Path, nargs="+", help="directories holding run directories")
+    analyze.add_argument("--out", type=Path, default=Path("analysis"), help="output directory")
+    analyze.add_argument(
+        "--group-by", action="append", default=[], metavar="SECTION.KEY",
+        help="group runs by this config key instead (repeatable), e.g. env.coupling",
+    )  # fmt: skip
+    analyze.add_argument("--episodes", type=int, default=256, help="episodes per evaluation")
+    analyze.add_argument(
+        "--detail-episodes", type=int, default=64,
+        help="episodes per ablation and protocol evaluation (0: skip them)",
+    )  # fmt: skip
+
     show = sub.add_parser(
         "config",
         help="validate a config and print it with every default filled in",
@@ -135,12 +155,14 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("evaluate", "replay"):
+    if args.command in ("evaluate", "replay", "analyze"):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from peerpreserve.training.analyze import run_analyze
         from peerpreserve.training.evaluate import EvaluateError, run_evaluate, run_replay
 
+        command = {"evaluate": run_evaluate, "replay": run_replay, "analyze": run_analyze}
         try:
-            return run_evaluate(args) if args.command == "evaluate" else run_replay(args)
+            return command[args.command](args)
         except (EvaluateError, ConfigError, ValueError) as exc:
             return _fail(str(exc))
     try:

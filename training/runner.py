@@ -20,6 +20,7 @@ run sees the very episodes an uninterrupted run would have.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -34,7 +35,7 @@ import torch as th
 from stable_baselines3.common.utils import set_random_seed
 
 from peerpreserve.analysis import figures
-from peerpreserve.analysis.evaluation import Evaluation, evaluate
+from peerpreserve.analysis.evaluation import ENV_MODULE, Evaluation, evaluate
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.training.config import TrainConfig, load_config
@@ -43,6 +44,8 @@ from peerpreserve.training.logs import Progress, TensorBoardLog
 from peerpreserve.training.policies import LearnedPolicy
 
 STATE_FILE = "resume.pkl"
+#: Which environment version and project version trained the run (analysis checks it).
+RUN_INFO = "run.json"
 # Env seeds for evaluation and resumed segments are offset so they never replay training episodes.
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -205,6 +208,8 @@ class Trainer:
             return learners, step, state["iterations"], env_seed
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.run_dir / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
+        info = json.dumps({"env_module": ENV_MODULE, "peerpreserve": _project_version()})
+        atomic_write(self.run_dir / RUN_INFO, lambda f: f.write(info.encode()))
         learners = Learners.create(cfg.learner, agent_ids, *spaces, env.num_envs, run.seed)
         set_random_seed(run.seed)  # model construction re-seeded per model; sample from here
         return learners, 0, 0, run.seed
@@ -365,6 +370,15 @@ def _eventful_episode(log: EpisodeLog) -> int:
     """The evaluation episode to draw: the first with the most executed orders."""
     executed = (log.events["order_executed"] > 0).sum(axis=(0, 2))
     return int(np.argmax(executed))
+
+
+def _project_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peerpreserve")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _fmt(value: float | None) -> str:
