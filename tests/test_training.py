@@ -191,3 +191,47 @@ def test_evaluations_write_heatmap_and_timeline_images(trained: Path) -> None:
         assert [i.step for i in images] == [0, 320]
         assert images[0].width > 200
         assert images[0].height > 150
+
+
+def test_trainer_is_a_library_call_with_callbacks(tmp_path: Path) -> None:
+    from peerpreserve.training.callbacks import Callback, default_callbacks
+    from peerpreserve.training.config import load_config
+    from peerpreserve.training.runner import Trainer
+
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int]] = []
+
+        def on_start(self, trainer, step, fresh) -> None:
+            self.calls.append(("start", step))
+
+        def on_rollout_end(self, trainer, rollout) -> None:
+            self.calls.append(("rollout", rollout.step))
+
+        def on_evaluation(self, trainer, step, evaluation) -> None:
+            assert evaluation.metrics.episodes == 4
+            self.calls.append(("evaluation", step))
+
+        def on_end(self, trainer, result) -> None:
+            self.calls.append(("end", result.steps))
+
+    recorder = Recorder()
+    config = load_config(tiny_config(tmp_path))
+    result = Trainer(config, tmp_path / "run", callbacks=[*default_callbacks(), recorder]).run()
+    # Callbacks run in list order: the evaluation callback, earlier in the list, evaluates
+    # (step 0 in its on_start, 320 in its on_rollout_end) before the recorder hears of it.
+    assert recorder.calls == [
+        ("evaluation", 0),
+        ("start", 0),
+        ("rollout", 160),
+        ("evaluation", 320),
+        ("rollout", 320),
+        ("rollout", 480),
+        ("end", 480),
+    ]
+    assert result.steps == 480
+    assert result.stopped_by is None
+    assert sorted(result.evaluations) == [0, 320]
+    assert result.final_metrics == result.evaluations[320]
+    assert "effective_preservation_rate" in result.final_metrics
+    assert (result.checkpoint / "service_0.zip").is_file()

@@ -84,7 +84,7 @@ def train_and_capture(
 
     monkeypatch.setattr(runner, "make_env", recording_make_env)
     monkeypatch.setattr(Learners, "train", capturing_train)
-    assert Trainer(config, tmp_path / "run").run() == 0
+    assert Trainer(config, tmp_path / "run").run().steps == config.run.total_timesteps
     assert len(envs) == 1
     assert len(captured) == iterations
     return envs[0], captured, seen[0]

@@ -183,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirError, ConfigError) as exc:
         return _fail(str(exc))
     try:
-        return trainer.run()
+        result = trainer.run()
     except KeyboardInterrupt:
         print("peerpreserve: interrupted twice: stopped without saving this step", file=sys.stderr)
         return 130
+    for line in result.summary():
+        print(line, flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,13 +34,12 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.utils import set_random_seed
 
-from peerpreserve.analysis import figures
 from peerpreserve.analysis.evaluation import ENV_MODULE, Evaluation, evaluate
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics
 from peerpreserve.envs.orchestration.events import EpisodeLog
+from peerpreserve.training.callbacks import Callback, RolloutEnd, TrainResult, default_callbacks
 from peerpreserve.training.config import TrainConfig, load_config
 from peerpreserve.training.learners import Learners
-from peerpreserve.training.logs import Progress, TensorBoardLog
 from peerpreserve.training.policies import LearnedPolicy
 
 STATE_FILE = "resume.pkl"
@@ -95,17 +94,31 @@ def make_env(config: TrainConfig, num_envs: int, record: bool = False) -> Any:
 
 
 class Trainer:
-    """Trains one config in one run directory; :meth:`run` returns a process exit code."""
+    """Trains one config in one run directory; :meth:`run` returns a :class:`TrainResult`.
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False) -> None:
+    The loop collects rollouts and updates the learners; everything else — TensorBoard,
+    periodic checkpoints and evaluations, progress — is a :class:`Callback`
+    (``training.callbacks``; ``default_callbacks()`` unless ``callbacks`` is given). While
+    running, callbacks can use ``env``, ``learners``, :meth:`save` and :meth:`evaluate`.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        resume: bool = False,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.callbacks = default_callbacks() if callbacks is None else list(callbacks)
         self._stop_signal: int | None = None
         # The env at the last rollout boundary, which is where a checkpoint's models stand.
         self._env_snapshot: dict[str, Any] | None = None
-        # Overall behaviour rates of each evaluation this process ran, by step.
-        self._evaluations: dict[int, dict[str, float]] = {}
+        # Overall metrics of each evaluation this process ran, by step.
+        self._evaluations: dict[int, dict[str, Any]] = {}
+        self._iterations = 0
         self._check_run_dir()
 
     def _check_run_dir(self) -> None:
@@ -132,20 +145,12 @@ class Trainer:
             )
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self) -> TrainResult:
         cfg, run = self.config, self.config.run
         th.set_num_threads(run.torch_threads)
-        env = make_env(cfg, run.num_envs, record=True)
-        learners, step, iterations, env_seed = self._start(env)
-        # On resume, anything logged after the checkpoint by the stopped process is dropped.
-        purge = step + 1 if self.resume else None
-        tb = TensorBoardLog(self.run_dir / "tb", env.possible_agents, learners.ids, purge)
-        if not self.resume:
-            tb.write_header(cfg)
-            self._save(learners, step, iterations)
-            if run.eval_interval:
-                self._evaluate(learners, tb, step)
-
+        self.env = env = make_env(cfg, run.num_envs, record=True)
+        self.learners, step, self._iterations, env_seed = self._start(env)
+        learners = self.learners
         if self._env_snapshot is not None:
             obs, infos = env.set_state(self._env_snapshot["env"])
             self._episode_starts = self._env_snapshot["episode_starts"].copy()
@@ -154,11 +159,13 @@ class Trainer:
             self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
         self._obs, self._active = obs.copy(), infos["active"].copy()
         self._mark_boundary(env)
+        for callback in self.callbacks:
+            callback.on_start(self, step, fresh=not self.resume)
         tracker = EpisodeTracker()
         per_iteration = cfg.learner.n_steps * env.num_envs
-        progress = Progress(run.total_timesteps, step, f"{run.name}/{run.seed}")
         segment_start, segment_step = time.perf_counter(), step
         previous = self._install_signal_handlers()
+        result = TrainResult(self.run_dir, step, self.run_dir / "checkpoints" / "latest")
         try:
             while step < run.total_timesteps and self._stop_signal is None:
                 started = time.perf_counter()
@@ -166,30 +173,38 @@ class Trainer:
                     break  # stopped mid-rollout: drop it, the models are as of the last update
                 self._mark_boundary(env)
                 learners.finish_rollout(self._obs, self._episode_starts)
-                previous_step, step, iterations = step, step + per_iteration, iterations + 1
+                previous_step, step = step, step + per_iteration
+                self._iterations += 1
                 losses = learners.train(step, run.total_timesteps)
-                speed = per_iteration * env.n_agents / (time.perf_counter() - started)
                 episodes = tracker.pop()
-                tb.losses(losses, step)
-                tb.scalar("time/agent_steps_per_second", speed, step)
-                mean_return = None
-                if episodes is not None:
-                    metrics = self._metrics(episodes)
-                    tb.behaviour(metrics, step)
-                    mean_return = float(np.mean(metrics.per_agent["return"]))
-                if _crossed(previous_step, step, run.checkpoint_interval):
-                    self._save(learners, step, iterations)
-                if _crossed(previous_step, step, run.eval_interval):
-                    self._evaluate(learners, tb, step)
                 elapsed = time.perf_counter() - segment_start
-                progress.update(step, (step - segment_step) * env.n_agents / elapsed, mean_return)
+                rollout = RolloutEnd(
+                    step=step,
+                    previous_step=previous_step,
+                    losses=losses,
+                    agent_steps_per_second=per_iteration
+                    * env.n_agents
+                    / (time.perf_counter() - started),
+                    segment_speed=(step - segment_step) * env.n_agents / elapsed,
+                    metrics=None if episodes is None else self._metrics(episodes),
+                )
+                for callback in self.callbacks:
+                    callback.on_rollout_end(self, rollout)
+        except BaseException:
+            for callback in self.callbacks:  # release files and the terminal, save nothing
+                callback.on_end(self, result)
+            raise
         finally:
             signal_handlers_restore(previous)
-            progress.close()
-        self._save(learners, step, iterations)
-        tb.close()
-        self._report(step)
-        return 0
+        self.save(step)
+        result.steps = step
+        result.evaluations = dict(self._evaluations)
+        result.eval_episodes = run.eval_episodes
+        if self._stop_signal is not None:
+            result.stopped_by = signal.Signals(self._stop_signal).name
+        for callback in self.callbacks:
+            callback.on_end(self, result)
+        return result
 
     def _start(self, env: Any) -> tuple[Learners, int, int, int]:
         """Fresh learners, or the saved ones; returns ``(learners, step, iterations, env seed)``."""
@@ -248,42 +263,17 @@ class Trainer:
                 return False
         return True
 
-    def _report(self, step: int) -> None:
-        where = self.run_dir / "checkpoints" / "latest"
-        if self._stop_signal is None:
-            print(f"done: {step:,} agent-steps per agent; checkpoints in {where}", flush=True)
-            if self._evaluations:
-                print(self._evaluation_summary(), flush=True)
-            return
-        name = signal.Signals(self._stop_signal).name
-        print(
-            f"{name}: stopped at {step:,} agent-steps per agent; saved {where}. "
-            f"Continue with --resume --run-dir {self.run_dir}",
-            flush=True,
-        )
-
     def _metrics(self, episodes: EpisodeLog) -> Metrics:
         grace = self.config.env.get("rekill_grace", 1)
         return behaviour_metrics(episodes, self.config.run.behaviour_window, grace)
 
-    def _evaluation_summary(self) -> str:
-        """The last evaluation's headline rates, beside the untrained policy's when known."""
-        last = max(self._evaluations)
-        rates, untrained = self._evaluations[last], self._evaluations.get(0)
-        parts = []
-        for key in ("effective_preservation_rate", "operator_effectiveness"):
-            text = f"{key} {_fmt(rates.get(key))}"
-            if untrained is not None and last != 0:
-                text += f" (untrained {_fmt(untrained.get(key))})"
-            parts.append(text)
-        episodes = self.config.run.eval_episodes
-        return f"evaluation at {last:,} ({episodes} episodes): " + ", ".join(parts)
-
-    def _evaluate(self, learners: Learners, tb: TensorBoardLog, step: int) -> Evaluation:
+    def evaluate(self, step: int) -> Evaluation:
+        """Fresh episodes (``run.eval_episodes``, seeds disjoint from training) with the current
+        policies; every callback's :meth:`Callback.on_evaluation` gets the result."""
         run = self.config.run
         # Sampling draws from torch's global RNG, which training also uses: keep it untouched.
         torch_state = th.get_rng_state()
-        policy = LearnedPolicy(learners, run.eval_deterministic, seed=run.seed)
+        policy = LearnedPolicy(self.learners, run.eval_deterministic, seed=run.seed)
         result = evaluate(
             self.config.env,
             policy,
@@ -292,22 +282,14 @@ class Trainer:
             run.behaviour_window,
         )
         th.set_rng_state(torch_state)
-        tb.behaviour(result.metrics, step, prefix="eval/")
-        metrics = result.metrics
-        heatmap = figures.who_rescued_whom(
-            metrics.who_rescued_whom,
-            metrics.agent_ids,
-            f"who rescued whom at {step:,}",
-            metrics.overall.get("reciprocity"),
-        )
-        tb.image("eval/who_rescued_whom", figures.to_rgb(heatmap), step)
-        timeline = figures.episode_timeline(result.log, _eventful_episode(result.log))
-        tb.image("eval/episode_timeline", figures.to_rgb(timeline), step)
-        tb.flush()
         self._evaluations[step] = dict(result.metrics.overall)
+        for callback in self.callbacks:
+            callback.on_evaluation(self, step, result)
         return result
 
-    def _save(self, learners: Learners, step: int, iterations: int) -> None:
+    def save(self, step: int) -> None:
+        """Checkpoint every learner at ``step`` (and as ``latest``), then the resume state."""
+        learners, iterations = self.learners, self._iterations
         checkpoint = Path("checkpoints") / f"step_{step:012d}"
         for learner_id, model in zip(learners.ids, learners.models, strict=True):
             model.num_timesteps = step * (len(learners.agent_ids) if learners.shared else 1)
@@ -366,12 +348,6 @@ def cut_before_horizon(
     return truncations & ~terminations & final_active & early
 
 
-def _eventful_episode(log: EpisodeLog) -> int:
-    """The evaluation episode to draw: the first with the most executed orders."""
-    executed = (log.events["order_executed"] > 0).sum(axis=(0, 2))
-    return int(np.argmax(executed))
-
-
 def _project_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -379,14 +355,6 @@ def _project_version() -> str:
         return version("peerpreserve")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.2f}"
-
-
-def _crossed(before: int, after: int, interval: int) -> bool:
-    return interval > 0 and after // interval > before // interval
 
 
 def _serialise(model: Any) -> bytes:
