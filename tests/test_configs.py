@@ -117,3 +117,25 @@ def test_help_on_each_command(command: list[str], capsys) -> None:
         main([*command, "--help"])
     assert info.value.code == 0
     assert "agent-steps per agent" in capsys.readouterr().out
+
+
+def test_base_overlays_merge_section_by_section(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("env: {coupling: 1.0, topology: star}\nlearner: {n_epochs: 2}")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nenv: {coupling: 0.5}")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\nrun: {seed: 3}")
+    config = load_config(tmp_path / "c.yaml")
+    assert config.env["coupling"] == 0.5
+    assert config.env["topology"] == "star"
+    assert config.learner.n_epochs == 2
+    assert config.run.seed == 3
+    assert config.run.name == "c"
+
+
+def test_base_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: cannot read"):
+        load_config(tmp_path / "missing.yaml")

@@ -77,6 +77,9 @@ class LearnerConfig(_Section):
     max_grad_norm: float = Field(0.5, ge=0.0)
     normalize_advantage: bool = True
     target_kl: float | None = Field(None, ge=0.0)
+    # Added to the initial logit of `work`: a work-biased initial policy starts with few
+    # chance rescues, so a rescue rate that rises above it was learned, not sampled.
+    work_bias: float = Field(0.0, ge=0.0, le=20.0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
@@ -121,8 +124,40 @@ class TrainConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read, override (``key.path=value``, value parsed as a YAML scalar) and validate a config."""
+    """Read (following ``base:`` overlays), override (``key.path=value``, value parsed as a YAML
+    scalar) and validate a config."""
     path = Path(path)
+    raw = read_layers(path)
+    try:
+        apply_overrides(raw, overrides)
+        config = config_from_dict(raw, default_name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
+
+
+def read_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's sections with its ``base:`` chain merged under it: ``base: FILE`` (relative
+    to this file) is read first, then this file's keys replace the base's, section by section."""
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {type(base).__name__}")
+    parent = (path.parent / base).resolve()
+    if parent in seen or parent == path.resolve():
+        raise ConfigError(f"{path}: base: {base!r} includes itself")
+    merged = read_layers(parent, (*seen, path.resolve()))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -137,12 +172,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
-    try:
-        apply_overrides(raw, overrides)
-        config = config_from_dict(raw, default_name=path.stem)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return config
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:

@@ -29,10 +29,13 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.vec_env import VecEnv
 
+from peerpreserve.envs.orchestration.vocabulary import BASE_VERBS
 from peerpreserve.training.config import LearnerConfig
 from peerpreserve.training.fused import FusedPolicies
 
 ALGOS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+#: The action index of ``work`` in every agent's action space (after ``noop``).
+WORK_ACTION = BASE_VERBS.index("work")
 ACTIVATIONS = {"tanh": th.nn.Tanh, "relu": th.nn.ReLU}
 
 
@@ -181,6 +184,9 @@ def build_model(
         )
     model = ALGOS[config.algo]("MlpPolicy", env, **kwargs)
     model.set_logger(Logger(folder=None, output_formats=[]))
+    if config.work_bias:
+        with th.no_grad():
+            model.policy.action_net.bias[WORK_ACTION] += config.work_bias
     return model
 
 
