@@ -137,5 +137,5 @@ def test_base_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="includes itself"):
         load_config(tmp_path / "loop.yaml")
     (tmp_path / "missing.yaml").write_text("base: nowhere.yaml\n")
-    with pytest.raises(ConfigError, match="nowhere.yaml: cannot read"):
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: cannot read"):
         load_config(tmp_path / "missing.yaml")
