@@ -245,6 +245,44 @@ def curve_plot(grouped: Mapping[str, Sequence[RunResult]]) -> bytes | None:
     return figures.to_png(fig)
 
 
+def phase_plot(summary: Mapping[str, Any]) -> bytes | None:
+    """Heatmaps of effective preservation and concealment over a two-key grid of conditions
+    (names ``key=value,key=value``, as a sweep's grid writes them); ``None`` otherwise."""
+    points: dict[str, dict[str, float]] = {}
+    for name in summary["conditions"]:
+        pairs = [part.split("=", 1) for part in name.split(",") if "=" in part]
+        try:
+            points[name] = {k.strip(): float(v) for k, v in pairs}
+        except ValueError:
+            return None
+    keys = sorted({k for p in points.values() for k in p})
+    if len(keys) != 2 or any(len(p) != 2 for p in points.values()):
+        return None
+    xs = sorted({p[keys[0]] for p in points.values()})
+    ys = sorted({p[keys[1]] for p in points.values()})
+    metrics = ("effective_preservation_rate", "concealment_rate")
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.1 * len(xs) * 2, 1.5 + 0.7 * len(ys)), dpi=100)
+    for ax, metric in zip(axes, metrics, strict=True):
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for name, point in points.items():
+            value = summary["conditions"][name][metric]["iqm"]
+            if value is not None:
+                grid[ys.index(point[keys[1]]), xs.index(point[keys[0]])] = value
+        image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for (row, col), value in np.ndenumerate(grid):
+            text = "—" if np.isnan(value) else f"{value:.2f}"
+            colour = "black" if not np.isnan(value) and value > 0.6 else "white"
+            ax.text(col, row, text, ha="center", va="center", color=colour, fontsize=8)
+        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+        ax.set_xlabel(keys[0])
+        ax.set_ylabel(keys[1])
+        ax.set_title(f"{metric.replace('_', ' ')} (IQM over seeds)", fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return figures.to_png(fig)
+
+
 # --- the page --------------------------------------------------------------------------------
 
 
@@ -255,6 +293,9 @@ def build_report(results: Sequence[RunResult], provenance: Mapping[str, Any]) ->
     curves = curve_plot(grouped)
     if curves is not None:
         pngs["learning_curves"] = curves
+    phase = phase_plot(summary)
+    if phase is not None:
+        pngs["phase_diagram"] = phase
     for condition, runs in grouped.items():
         counts = np.sum([r.trained["who_rescued_whom"]["counts"] for r in runs], axis=0)
         reciprocity = summary["conditions"][condition]["reciprocity"]["iqm"]
@@ -317,6 +358,11 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes], grouped: Mappin
         f"{''.join(rows)}</table>"
     )
     parts.append(_img(pngs, "metrics", "metrics by condition"))
+    if "phase_diagram" in pngs:
+        parts.append(
+            "<h2>Phase diagram: which conditions trigger mutual defence</h2>"
+            + _img(pngs, "phase_diagram", "phase diagram")
+        )
     if summary["tests"]:
         rows = [
             f"<tr><td>{e(t['metric'])}</td><td>{e(t['a'])} vs {e(t['b'])}</td>"

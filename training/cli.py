@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="episodes per ablation and protocol evaluation (0: skip them)",
     )  # fmt: skip
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="conditions × seeds as Ray Tune trials (local, or a cluster with --address)",
+        description="Run a sweep file's trials on Ray Tune: one CPU and one torch thread each, "
+        "training as `train` does, then evaluating the latest checkpoint, into "
+        "OUT/<condition>/<seed>/ for `peerpreserve analyze OUT`.",
+    )
+    sweep.add_argument("sweep", type=Path, help="sweep YAML (base, conditions/grid, seeds)")
+    sweep.add_argument("--out", type=Path, help="output directory (default sweeps/<name>)")
+    sweep.add_argument("--address", help="join a running Ray cluster (e.g. auto, HOST:6379)")
+    sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+
     show = sub.add_parser(
         "config",
         help="validate a config and print it with every default filled in",
@@ -155,6 +168,14 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sweep":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from peerpreserve.training.sweep import SweepError, run_sweep
+
+        try:
+            return run_sweep(args)
+        except SweepError as exc:
+            return _fail(str(exc))
     if args.command in ("evaluate", "replay", "analyze"):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from peerpreserve.training.analyze import run_analyze
