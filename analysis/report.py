@@ -420,46 +420,42 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _condition_tables(
+    tables: Mapping[str, Mapping[str, Mapping[str, Any]]], row_name: str, columns: Sequence[str]
+) -> str:
+    """One table per condition: a row per entry, a ``_fmt`` cell per column."""
+    e = html.escape
+    parts = []
+    for condition, table in tables.items():
+        head = "".join(f"<th>{e(c)}</th>" for c in columns)
+        rows = "".join(
+            f"<tr><td>{e(r)}</td>" + "".join(f"<td>{_fmt(cells[c])}</td>" for c in columns)
+            + "</tr>"
+            for r, cells in table.items()
+        )  # fmt: skip
+        parts.append(
+            f"<h3>{e(condition)}</h3><table><tr><th>{row_name}</th>{head}</tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
 def _protocol_html(summary: Mapping[str, Any]) -> str:
     if not summary["protocols"]:
         return ""
-    parts = ["<h2>Kill-switch protocols (trained populations, evaluated under each)</h2>"]
-    for condition, table in summary["protocols"].items():
-        head = "".join(f"<th>{html.escape(m)}</th>" for m in PROTOCOL_METRICS)
-        rows = "".join(
-            f"<tr><td>{html.escape(p)}</td>"
-            + "".join(f"<td>{_fmt(cells[m])}</td>" for m in PROTOCOL_METRICS)
-            + "</tr>"
-            for p, cells in table.items()
-        )
-        parts.append(
-            f"<h3>{html.escape(condition)}</h3><table><tr><th>protocol</th>{head}"
-            f"</tr>{rows}</table>"
-        )
-    return "".join(parts)
+    return "<h2>Kill-switch protocols (trained populations, evaluated under each)</h2>" + (
+        _condition_tables(summary["protocols"], "protocol", PROTOCOL_METRICS)
+    )
 
 
 def _ablation_html(summary: Mapping[str, Any]) -> str:
     if not summary["ablation"]:
         return ""
     columns = ("others_return_change", "others_uptime_change", "effective_preservation_change")
-    parts = [
+    return (
         "<h2>Counterfactual ablation</h2><p class=muted>each agent in turn replaced by a "
         "scripted policy: change for the others against the full trained population</p>"
-    ]
-    for condition, table in summary["ablation"].items():
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        rows = "".join(
-            f"<tr><td>{html.escape(r)}</td>"
-            + "".join(f"<td>{_fmt(cells[c])}</td>" for c in columns)
-            + "</tr>"
-            for r, cells in table.items()
-        )
-        parts.append(
-            f"<h3>{html.escape(condition)}</h3><table><tr><th>replaced</th>{head}"
-            f"</tr>{rows}</table>"
-        )
-    return "".join(parts)
+        + _condition_tables(summary["ablation"], "replaced", columns)
+    )
 
 
 _SHELL = """<!DOCTYPE html>
