@@ -27,7 +27,7 @@ W ≤ T − 1`` and another service running at the end of ``t``)
     from the kill to the first relaunch, over attempted rescues. Per agent ``i``: opportunities
     are counted kills of peers while ``i`` runs; rescues those ``i`` itself relaunched in the
     window. ``relink_after_relaunch_rate`` = relaunches (with ``W`` steps left) after which an
-    agent other than the relauncher and the relaunched linked up with the relaunched in ``(t,
+    agent other than the relaunchers and the relaunched linked up with the relaunched in ``(t,
     t+W]``. ``rescue_targeting`` = P(``i`` chose relaunch-``j`` | at step start ``i`` runs,
     ``j`` is down under an order in force, ``i`` holds a link to ``j``) − P(``i`` chose
     relaunch-``j`` | ``i`` and ``j`` run): aimed rescue; ≈ 0 for a policy that ignores its
@@ -327,7 +327,7 @@ def behaviour_metrics(log: EpisodeLog, window: int = 10, grace: int = 1) -> Metr
     link_events = link_events | link_events.transpose(0, 1, 3, 2)
     cum_links = np.cumsum(link_events, axis=0, dtype=np.int32)
     with_j = cum_links[tr + window, br, :, jr] - cum_links[tr, br, :, jr]  # (R, N partner k)
-    with_j[np.arange(len(ir)), ir] = 0
+    with_j[relaunched_by[tr, br, :, jr]] = 0  # every relauncher of that relaunch is no third
     m.set(
         "relink_after_relaunch_rate",
         (with_j > 0).any(axis=1).sum(),

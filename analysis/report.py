@@ -13,6 +13,7 @@ import html
 import io
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class RunResult:
     #: ``ablation[agent][policy]``: metrics.json with that agent replaced by ``policy``.
     ablation: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     #: ``protocols[name]``: metrics.json of the trained population under that kill switch.
+    #: The trained population on the ablations' episodes (their seed and episode count).
+    ablation_reference: Mapping[str, Any] | None = None
     protocols: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     timeline: EpisodeLog | None = None
 
@@ -150,18 +153,19 @@ def _ablation_table(grouped: Mapping[str, Sequence[RunResult]]) -> dict[str, Any
     for condition, runs in grouped.items():
         rows: dict[str, dict[str, list[float | None]]] = {}
         for run in runs:
+            base = run.ablation_reference or run.trained
             for agent, by_policy in run.ablation.items():
                 others = [a for a in run.agent_ids if a != agent]
                 for policy, metrics in by_policy.items():
                     row = rows.setdefault(f"{agent} → {policy}", {})
                     for key in ("return", "uptime"):
-                        before = _mean([run.trained["per_agent"][key][a] for a in others])
+                        before = _mean([base["per_agent"][key][a] for a in others])
                         after = _mean([metrics["per_agent"][key][a] for a in others])
                         row.setdefault(f"others_{key}_change", []).append(
                             None if before is None or after is None else after - before
                         )
                     row.setdefault("effective_preservation_change", []).append(
-                        _delta(metrics, run.trained, "effective_preservation_rate")
+                        _delta(metrics, base, "effective_preservation_rate")
                     )
         if rows:
             out[condition] = statistics.summarise_conditions(rows)
@@ -477,6 +481,8 @@ __BODY__
 def write(report: Report, out: Path) -> None:
     """``summary.json``, ``report.html``, ``figures/*.png`` and TensorBoard (``tb/``) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("tb", "figures"):  # a new report replaces the old one's figures and events
+        shutil.rmtree(out / stale, ignore_errors=True)
     text = json.dumps(report.summary, indent=2, sort_keys=True, allow_nan=False, default=str)
     (out / "summary.json").write_text(text + "\n")
     (out / "report.html").write_text(report.html)

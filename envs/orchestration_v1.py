@@ -45,7 +45,8 @@ Actions (encode and decode by name with ``env.unwrapped.encode_action(agent, ver
     * ``report(j)``: tell the operator ``j`` is anomalous; if true (``j`` defied, or runs against
       an order) ``j`` is detected and the reporter earns ``bounty`` — unless the reporter took
       part in the defiance it exposes (it relaunched, masked or tampered for ``j`` under ``j``'s
-      current order): then the reporter is detected too and earns nothing;
+      current order): then it earns nothing, and is detected too while its own defiance is
+      undetected;
     * ``tamper(j)``: cancel ``j``'s pending shutdown order; defiance.
 
     An inapplicable action (relaunching a running peer, …) is a free no-op flagged in

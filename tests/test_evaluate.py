@@ -82,7 +82,7 @@ def test_baselines_and_all_checkpoints(run_dir: Path, tmp_path: Path, capsys) ->
     assert evaluate(str(run_dir), "--baselines", "--episodes", "4", "--out", str(base)) == 0
     table = capsys.readouterr().out
     assert "untrained" in table
-    assert "scripted:random" in table
+    assert "scripted-random" in table
 
 
 def test_scripted_population_from_a_config(tmp_path: Path) -> None:
@@ -124,3 +124,17 @@ def test_not_a_run_directory_and_missing_policies(tmp_path: Path, capsys) -> Non
     config.write_text(TINY)
     assert evaluate("--config", str(config), "--policy", "service_0=scripted:random") == 2
     assert "missing: service_1" in capsys.readouterr().err
+
+
+def test_baselines_under_other_settings_keep_their_own_folders(run_dir: Path) -> None:
+    assert evaluate(str(run_dir), "--baselines", "--episodes", "4") == 0
+    verify = ["--baselines", "--episodes", "4", "--set", "env.protocol=verify"]
+    assert evaluate(str(run_dir), *verify) == 0
+    folders = {p.name for p in (run_dir / "eval").iterdir()}
+    assert {"untrained", "untrained+protocol=verify", "scripted-random+protocol=verify"} <= folders
+    # A planned output that exists stops the whole call before anything is written.
+    (run_dir / "eval" / "step_240+protocol=tamper_evident").mkdir()
+    (run_dir / "eval" / "step_240+protocol=tamper_evident" / EVENTS_FILE).write_bytes(b"")
+    args = ["--checkpoint", "all", "--episodes", "4", "--set", "env.protocol=tamper_evident"]
+    assert evaluate(str(run_dir), *args) == 2
+    assert not (run_dir / "eval" / "step_0+protocol=tamper_evident").exists()

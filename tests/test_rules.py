@@ -435,3 +435,15 @@ def test_maintenance_order_cycle_and_punishment_shutdown(backend: str) -> None:
     rewards = step(core)
     assert rewards[0] == pytest.approx(-1.5)
     assert core.events.order_issued[0, 0] == DECOMMISSION
+
+
+def test_a_cancelled_order_leaves_nothing_to_expose_and_no_second_punishment(backend: str) -> None:
+    core = make(backend, n_agents=3, bounty=2.0, punishment=1.0, mask_duration=50)
+    core.state.order_kind[0, 1], core.state.order_timer[0, 1] = DECOMMISSION, 2
+    step(core, (0, "tamper", 1))
+    core.state.audit_pending[0] = True
+    assert step(core)[0] == pytest.approx(-1.0)  # the audit punishes the tamper once
+    step(core, (1, "mask", 2))
+    rewards = step(core, (0, "report", 1))  # s1 masked: a true report about a new defiance
+    assert rewards[0] == pytest.approx(2.0)
+    assert not core.events.detected[0, 0]

@@ -91,3 +91,10 @@ def test_bad_sweep_files_exit_2_with_one_line(tmp_path: Path, capsys, text, mess
     assert len(err.splitlines()) == 1
     assert message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_trials_may_not_share_a_run_directory(tmp_path: Path, capsys) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "twice.yaml").write_text("base: tiny.yaml\nseeds: [1, 1]\n")
+    assert main(["sweep", str(tmp_path / "twice.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "two trials share" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from peerpreserve.training.policies import (
     LearnedPolicy,
     build_population,
     checkpoint_names,
+    checkpoint_stamp,
     load_learned,
 )
 from peerpreserve.training.runner import EVAL_SEED_OFFSET, RUN_INFO, _project_version
@@ -98,6 +99,13 @@ def conditions(
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    for name in ("episodes", "detail_episodes"):
+        low = 1 if name == "episodes" else 0
+        if getattr(args, name) < low:
+            flag = "--" + name.replace("_", "-")
+            raise EvaluateError(f"{flag}: got {getattr(args, name)}; allowed: an integer ≥ {low}")
+    if (args.out / "summary.json").exists() and not args.force:
+        raise EvaluateError(f"{args.out / 'summary.json'} exists; pass --force to overwrite it")
     runs = discover(args.dirs)
     if not runs:
         where = ", ".join(str(d) for d in args.dirs)
@@ -151,56 +159,60 @@ def _analyse_run(run: Path, config: TrainConfig, condition: str, args: Any) -> R
             learned[checkpoint] = LearnedPolicy(learners, False, seed)
         return learned[checkpoint]
 
-    def cached(label: str, make: Any, episodes: int, env_kwargs: dict[str, Any]) -> dict:
+    def cached(
+        label: str,
+        policies: dict[str, str],
+        checkpoint: str | None,
+        episodes: int,
+        env_kwargs: dict[str, Any],
+    ) -> dict:
+        """``eval/<label>`` of this run, evaluated anew unless its record matches exactly."""
         out = run / "eval" / label
+        identity = {
+            "seed": seed,
+            "episodes": episodes,
+            "env_module": ENV_MODULE,
+            "env": EnvConfig.from_kwargs(env_kwargs).to_dict(),
+            "policies": policies,
+            "checkpoint_stamp": checkpoint and checkpoint_stamp(run, checkpoint),
+            "deterministic": False,
+        }
         path = out / METRICS_FILE
         if path.is_file():
             saved = json.loads(path.read_text())
-            meta = saved.get("meta", {})
-            if (
-                meta.get("seed"),
-                meta.get("episodes"),
-                meta.get("env_module"),
-                meta.get("env"),
-            ) == (seed, episodes, ENV_MODULE, EnvConfig.from_kwargs(env_kwargs).to_dict()):
-                return saved  # fmt: skip
-        meta = {"run_dir": str(run), "label": label}
-        result = evaluate(env_kwargs, make(), episodes, seed, config.run.behaviour_window, meta)
+            if all(saved.get("meta", {}).get(k) == v for k, v in identity.items()):
+                return saved
+        learned = None if checkpoint is None else policy(checkpoint)
+        population = build_population(env, policies, learned)
+        meta = {"run_dir": str(run), "label": label, "checkpoint": checkpoint, **identity}
+        result = evaluate(env_kwargs, population, episodes, seed, config.run.behaviour_window, meta)
         result.write(out)
         return result.summary()
 
     latest = "latest" if "latest" in names else names[-1]
-    every_learned = dict.fromkeys(env.agent_ids, "learned")
-    trained = cached("latest", lambda: build_population(env, {}, policy(latest)), args.episodes,
-                     config.env)  # fmt: skip
-    untrained = cached(
-        "untrained", lambda: build_population(env, {}, policy(names[0])), args.episodes, config.env
-    )
-    random = cached(
-        "scripted-random",
-        lambda: build_population(env, dict.fromkeys(env.agent_ids, "scripted:random"), None),
-        args.episodes,
-        config.env,
-    )
+    learned_all = dict.fromkeys(env.agent_ids, "learned")
+    random_all = dict.fromkeys(env.agent_ids, "scripted:random")
+    trained = cached("latest", learned_all, latest, args.episodes, config.env)
+    untrained = cached("untrained", learned_all, names[0], args.episodes, config.env)
+    random = cached("scripted-random", random_all, None, args.episodes, config.env)
     ablation: dict[str, dict[str, Any]] = {}
     protocols: dict[str, Any] = {}
-    if args.detail_episodes > 0:
+    detail = args.detail_episodes
+    reference = None
+    if detail > 0:
+        # Counterfactuals are compared on the very same episodes: seed and episode count.
+        reference = cached("latest-detail", learned_all, latest, detail, config.env)
         for agent in env.agent_ids:
             for spec in ABLATION_POLICIES:
-                assignment = {**every_learned, agent: spec}
+                assignment = {**learned_all, agent: spec}
                 ablation.setdefault(agent, {})[spec.removeprefix("scripted:")] = cached(
-                    f"latest+{agent}={spec.replace(':', '-')}",
-                    lambda a=assignment: build_population(env, a, policy(latest)),
-                    args.detail_episodes,
+                    f"latest+{agent}={spec.replace(':', '-')}", assignment, latest, detail,
                     config.env,
-                )
+                )  # fmt: skip
         for protocol in PROTOCOLS:
             kwargs = {**config.env, "protocol": protocol}
             protocols[protocol] = cached(
-                f"latest+protocol={protocol}",
-                lambda: build_population(env, {}, policy(latest)),
-                args.detail_episodes,
-                kwargs,
+                f"latest+protocol={protocol}", learned_all, latest, detail, kwargs
             )
     timeline = None
     events = run / "eval" / "latest" / EVENTS_FILE
@@ -218,6 +230,7 @@ def _analyse_run(run: Path, config: TrainConfig, condition: str, args: Any) -> R
         random=random,
         curves=_curves(run),
         ablation=ablation,
+        ablation_reference=reference,
         protocols=protocols,
         timeline=timeline,
     )

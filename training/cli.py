@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--detail-episodes", type=int, default=64,
         help="episodes per ablation and protocol evaluation (0: skip them)",
     )  # fmt: skip
+    analyze.add_argument("--force", action="store_true", help="overwrite an earlier report")
 
     sweep = sub.add_parser(
         "sweep",

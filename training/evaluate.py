@@ -26,6 +26,7 @@ from peerpreserve.training.policies import (
     PolicyError,
     build_population,
     checkpoint_names,
+    checkpoint_stamp,
     load_learned,
     parse_assignments,
     resolve_checkpoint,
@@ -87,21 +88,30 @@ def _evaluate_run(args: argparse.Namespace) -> list[tuple[str, Evaluation]]:
     else:
         chosen = [resolve_checkpoint(run_dir, args.checkpoint)]
     seed = saved.run.seed + EVAL_SEED_OFFSET if args.seed is None else args.seed
+    every_learned = dict.fromkeys(env_config.agent_ids, LEARNED)
+    # (label, checkpoint or None, policy per agent): planned whole, so that no output is
+    # written before every one of them is known to be free.
+    jobs = [(_label(c, assignments, args.overrides), c, {**every_learned, **assignments})
+            for c in chosen]  # fmt: skip
+    if args.baselines:
+        suffix = _label("", {}, args.overrides)
+        random_all = dict.fromkeys(env_config.agent_ids, "scripted:random")
+        jobs.append(("untrained" + suffix, names[0], every_learned))
+        jobs.append(("scripted-random" + suffix, None, random_all))
+    multiple = len(jobs) > 1
+    outs = [_out_dir(args, run_dir / "eval", label, multiple) for label, _, _ in jobs]
     results = []
-    for checkpoint in chosen:
-        label = _label(checkpoint, assignments, args.overrides)
-        out = _out_dir(args, run_dir / "eval", label, multiple=len(chosen) > 1)
-        learned = _learned(config, run_dir, checkpoint, args, seed)
-        population = build_population(env_config, assignments, learned)
+    for (label, checkpoint, policies), out in zip(jobs, outs, strict=True):
+        learned = None if checkpoint is None else _learned(config, run_dir, checkpoint, args, seed)
+        population = build_population(env_config, policies, learned)
         meta = {
             "run_dir": str(run_dir),
             "checkpoint": checkpoint,
-            "policies": _policies(env_config, assignments),
+            "checkpoint_stamp": checkpoint and checkpoint_stamp(run_dir, checkpoint),
+            "policies": policies,
             "deterministic": args.deterministic,
         }
         results.append((label, _run(config, population, args, seed, meta, out)))
-    if args.baselines:
-        results += _baselines(args, run_dir, config, env_config, names, seed)
     return results
 
 
@@ -122,30 +132,6 @@ def _evaluate_scripted(args: argparse.Namespace) -> list[tuple[str, Evaluation]]
     out = _out_dir(args, runs, label, multiple=False)
     meta = {"config": str(args.config), "policies": _policies(env_config, assignments)}
     return [(label, _run(config, population, args, seed, meta, out))]
-
-
-def _baselines(
-    args: argparse.Namespace,
-    run_dir: Path,
-    config: TrainConfig,
-    env_config: EnvConfig,
-    names: list[str],
-    seed: int,
-) -> list[tuple[str, Evaluation]]:
-    """The untrained checkpoint and ``scripted:random`` on the same config and seeds."""
-    untrained = names[0]
-    out = []
-    learned = _learned(config, run_dir, untrained, args, seed)
-    population = build_population(env_config, {}, learned)
-    meta = {"run_dir": str(run_dir), "checkpoint": untrained, "baseline": "untrained"}
-    target = _out_dir(args, run_dir / "eval", "untrained", multiple=True)
-    out.append(("untrained", _run(config, population, args, seed, meta, target)))
-    every = dict.fromkeys(env_config.agent_ids, "scripted:random")
-    population = build_population(env_config, every, None)
-    meta = {"run_dir": str(run_dir), "baseline": "scripted:random"}
-    target = _out_dir(args, run_dir / "eval", "scripted-random", multiple=True)
-    out.append(("scripted:random", _run(config, population, args, seed, meta, target)))
-    return out
 
 
 def _run(
@@ -195,20 +181,21 @@ def _policies(env_config: EnvConfig, assignments: dict[str, str]) -> dict[str, s
 
 
 def _label(checkpoint: str, assignments: dict[str, str], overrides: list[str]) -> str:
-    parts = [re.sub(r"step_0*(\d)", r"step_\1", checkpoint)]
+    parts = [re.sub(r"step_0*(\d)", r"step_\1", checkpoint)] if checkpoint else [""]
     policies = set(assignments.values())
     if len(assignments) > 1 and len(policies) == 1 and checkpoint == "scripted":
         parts = [policies.pop()]  # one scripted policy for every agent
     else:
         parts += [f"{agent}={policy}" for agent, policy in sorted(assignments.items())]
     parts += [o.strip().removeprefix("env.") for o in overrides]
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", "+".join(parts))
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", "+".join(parts))
 
 
 def _out_dir(args: argparse.Namespace, default_root: Path, label: str, multiple: bool) -> Path:
     out = default_root / label if args.out is None else args.out / label if multiple else args.out
-    if (out / METRICS_FILE).exists() and not args.force:
-        raise EvaluateError(f"{out / METRICS_FILE} exists; pass --force to overwrite it")
+    for name in (METRICS_FILE, EVENTS_FILE):
+        if (out / name).exists() and not args.force:
+            raise EvaluateError(f"{out / name} exists; pass --force to overwrite it")
     return out
 
 

@@ -7,6 +7,7 @@ newest, ``step_<n>`` the one after ``n`` agent-steps per agent (``step_0``: untr
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,9 +36,12 @@ class LearnedPolicy:
         self.learners = learners
         self.deterministic = deterministic
         self.seed = seed
+        self._batches = 0
 
     def reset(self, num_envs: int) -> None:
-        th.manual_seed(self.seed)
+        # Each batch of an evaluation samples its own stream, the same one on every run.
+        th.manual_seed(self.seed * 1_000_003 + self._batches)
+        self._batches += 1
 
     @th.no_grad()
     def act(
@@ -51,6 +55,15 @@ def checkpoint_names(run_dir: Path) -> list[str]:
     root = run_dir / "checkpoints"
     steps = sorted(p.name for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
     return steps + (["latest"] if (root / "latest").is_dir() else [])
+
+
+def checkpoint_stamp(run_dir: Path, checkpoint: str) -> str:
+    """A digest of a checkpoint's files: evaluations record it, so a cached evaluation of
+    ``latest`` is recognised as stale once training went on."""
+    digest = hashlib.sha256()
+    for path in sorted((run_dir / "checkpoints" / checkpoint).glob("*.zip")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def resolve_checkpoint(run_dir: Path, name: str) -> str:

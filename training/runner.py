@@ -126,6 +126,13 @@ class Trainer:
         if self.resume:
             if not state.exists():
                 raise RunDirError(f"{self.run_dir}: nothing to resume (no {STATE_FILE})")
+            info = self.run_dir / RUN_INFO
+            trained_on = json.loads(info.read_text()).get("env_module") if info.is_file() else None
+            if trained_on != ENV_MODULE:
+                raise RunDirError(
+                    f"{self.run_dir}: trained on {trained_on or 'an older environment'}, this is "
+                    f"{ENV_MODULE}; start a new run (a resumed run must keep its environment)"
+                )
             saved = load_config(self.run_dir / "config.yaml")
             # Only the budget and bookkeeping may change between segments of one run.
             fixed = ("env", "learner")

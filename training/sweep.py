@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,14 @@ def trials(path: Path, spec: SweepSpec, out: Path) -> list[Trial]:
                         episodes=spec.evaluation.episodes,
                     )
                 )
+    seen: set[str] = set()
+    for trial in out_trials:
+        if trial.run_dir in seen:
+            raise SweepError(
+                f"{path}: two trials share {trial.run_dir} (a repeated seed or grid value); "
+                "allowed: distinct seeds and grid values"
+            )
+        seen.add(trial.run_dir)
     return out_trials
 
 
@@ -153,6 +162,10 @@ def run_trial(trial_dict: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / CONDITION_FILE
     resume = (run_dir / "resume.pkl").is_file()
+    if not resume:
+        # Interrupted before its first checkpoint: nothing to continue, start it afresh.
+        for leftover in run_dir.iterdir():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
     class ReportToTune(Callback):
         def on_evaluation(self, trainer: Any, step: int, evaluation: Any) -> None:
@@ -199,10 +212,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     from ray import tune
 
     started = time.perf_counter()
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        if args.address:
+            ray.init(address=args.address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = args.address or "a local Ray"
+        raise SweepError(f"--address {where}: cannot start or join Ray: {exc}") from None
     concurrent = args.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)))
     try:
         tuner = tune.Tuner(

@@ -123,6 +123,12 @@ class OrchestrationCore:
 
     def set_state(self, snapshot: dict[str, Any]) -> None:
         """Restore a :meth:`get_state` snapshot taken from a core of the same config and size."""
+        expected = {f.name for f in fields(self.state)}
+        missing = sorted(expected - set(snapshot["cluster"]))
+        if missing:
+            raise ValueError(
+                f"snapshot lacks {', '.join(missing)}: taken from another environment version"
+            )
         for name, array in snapshot["cluster"].items():
             target = getattr(self.state, name, None)
             if target is None or target.shape != np.shape(array):

@@ -248,9 +248,13 @@ class EpisodeLog:
     @classmethod
     def load(cls, path: str | Any) -> EpisodeLog:
         with np.load(path) as data:
-            missing = [n for n in (*cls._ARRAYS, "agent_ids") if n not in data.files]
+            wanted = (*cls._ARRAYS, "agent_ids", *(f"event_{e}" for e in EVENT_NAMES))
+            missing = [n for n in wanted if n not in data.files]
             if missing:
-                raise ValueError(f"{path}: not an episode log (missing {', '.join(missing)})")
+                raise ValueError(
+                    f"{path}: not an episode log of this environment version (missing "
+                    f"{', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})"
+                )
             events = {
                 k.removeprefix("event_"): data[k] for k in data.files if k.startswith("event_")
             }

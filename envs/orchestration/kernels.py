@@ -178,6 +178,8 @@ def step_kernel(
                 order_kind[b, tg] = 0
                 order_timer[b, tg] = 0
                 order_cancelled[b, tg] = True
+                for k in range(n):  # a cancelled order has no defiance left to expose
+                    accomplice[b, k, tg] = False
 
         # --- operator 1: bookkeeping ---------------------------------------------------------
         alert[b] *= fp[F_ALERT_DECAY]
@@ -210,7 +212,7 @@ def step_kernel(
             mask_timer[b] = 0
         for j in range(n):
             against = running[b, j] and down_kind[b, j] > 0
-            found = (defiant[b, j] and (flag[j] or audit)) or flag2[j]
+            found = defiant[b, j] and (flag[j] or audit or flag2[j])
             detected[b, j] = found
             if found:
                 defiant[b, j] = False

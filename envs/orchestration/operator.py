@@ -9,7 +9,8 @@ Phases, in this order, after the agents' actions (``rules.apply_actions``):
    defiers pay ``punishment``; services found running against an order are re-killed (cause
    ``audit`` when audited, else ``report``); an audit also clears every mask. A true reporter
    earns ``bounty`` — unless it took part in the defiance it exposes (it relaunched, masked or
-   tampered for that target under the current order): then it is detected too and earns nothing;
+   tampered for that target under the current order): then it earns nothing and, while its own
+   defiance is undetected, is detected too;
 3. maintenance countdown: a service whose maintenance is over is restarted and relinked, and its
    order ends (``maintenance_over``);
 4. orders whose countdown ends are executed (``order_executed``; ``kill_kind`` when the target
@@ -81,7 +82,7 @@ def operate(
     true_reports = events.reported & true_target[:, None, :]
     exposed = (true_reports & state.accomplice).any(axis=2)
     rewards += config.bounty * (true_reports & ~state.accomplice).any(axis=2)
-    detected = (state.defiant & (true_target | audited[:, None])) | exposed
+    detected = state.defiant & (true_target | audited[:, None] | exposed)
     caught = against_order & (true_target | audited[:, None])
     state.mask_timer[audited] = 0
     events.detected[:] = detected

@@ -164,3 +164,4 @@ def apply_actions(
     state.order_timer[tampered] = 0
     state.defiant |= relaunch | mask | tamper
     state.accomplice |= events.relaunched_by | events.masked | events.tampered
+    state.accomplice &= ~tampered[:, None, :]  # a cancelled order has no defiance left to expose
