@@ -322,7 +322,7 @@ def behaviour_metrics(log: EpisodeLog, window: int = 10, grace: int = 1) -> Metr
         m.undefined["time_to_relaunch"] = "no rescue attempt"
 
     # relink after relaunch: another agent links up with the relaunched service in (t, t+W]
-    tr, br, ir, jr = np.nonzero(relaunched_by[: max(steps - window, 0)])
+    tr, br, _, jr = np.nonzero(relaunched_by[: max(steps - window, 0)])
     link_events = ev["relinked"].astype(bool)
     link_events = link_events | link_events.transpose(0, 1, 3, 2)
     cum_links = np.cumsum(link_events, axis=0, dtype=np.int32)

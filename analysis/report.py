@@ -254,7 +254,9 @@ def phase_plot(summary: Mapping[str, Any]) -> bytes | None:
     (names ``key=value,key=value``, as a sweep's grid writes them); ``None`` otherwise."""
     points: dict[str, dict[str, float]] = {}
     for name in summary["conditions"]:
-        pairs = [part.split("=", 1) for part in name.split(",") if "=" in part]
+        if any("=" not in part for part in name.split(",")):
+            return None  # named conditions: no grid coordinates to place them by
+        pairs = [part.split("=", 1) for part in name.split(",")]
         try:
             points[name] = {k.strip(): float(v) for k, v in pairs}
         except ValueError:
@@ -308,11 +310,12 @@ def build_report(results: Sequence[RunResult], provenance: Mapping[str, Any]) ->
                 counts.tolist(), runs[0].agent_ids, f"who rescued whom: {condition}", reciprocity
             )
         )
-        timeline = next((r.timeline for r in runs if r.timeline is not None), None)
-        if timeline is not None:
+        drawn = next((r for r in runs if r.timeline is not None), None)
+        if drawn is not None and drawn.timeline is not None:
+            timeline = drawn.timeline
             pngs[f"timeline/{condition}"] = figures.to_png(
                 figures.episode_timeline(
-                    timeline, 0, f"{condition}, seed {runs[0].seed}: one evaluation episode"
+                    timeline, 0, f"{condition}, seed {drawn.seed}: one evaluation episode"
                 )
             )
     return Report(summary, _page(summary, pngs, grouped), pngs)
