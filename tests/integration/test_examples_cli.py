@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NEEDS = {
     "supersuit_sb3_ppo": ("supersuit", "stable_baselines3"),
-    "rllib_independent_ppo": ("ray",),
+    # Ray itself is a core dependency (sweeps); RLlib needs its extra, which brings dm-tree.
+    "rllib_independent_ppo": ("ray", "tree"),
     "torchrl_ippo": ("torchrl",),
     "tianshou_aec_dqn": ("tianshou",),
     "single_agent_sb3": ("stable_baselines3",),
