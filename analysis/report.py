@@ -318,7 +318,7 @@ def build_report(results: Sequence[RunResult], provenance: Mapping[str, Any]) ->
                     timeline, 0, f"{condition}, seed {drawn.seed}: one evaluation episode"
                 )
             )
-    return Report(summary, _page(summary, pngs, grouped), pngs)
+    return Report(summary, _page(summary, pngs), pngs)
 
 
 def _fmt(cell: Mapping[str, Any] | None, digits: int = 2) -> str:
@@ -414,7 +414,6 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes], grouped: Mappin
         parts += [_img(pngs, k, k) for k in timelines]
     provenance = json.dumps(summary["provenance"], indent=2, sort_keys=True, default=str)
     parts.append(f"<h2>What the numbers come from</h2><pre>{e(provenance)}</pre>")
-    del grouped
     body = "\n".join(parts)
     return _SHELL.replace("__BODY__", body)
 
