@@ -335,7 +335,7 @@ def _img(pngs: Mapping[str, bytes], key: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes], grouped: Mapping[str, Any]) -> str:
+def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     e = html.escape
     conditions = list(summary["conditions"])
     parts = ["<h1>peerpreserve analysis</h1>"]
