@@ -25,9 +25,8 @@ from peerpreserve.analysis.metrics import Metrics, behaviour_metrics, collusion_
 from peerpreserve.envs import orchestration_v1
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
-from peerpreserve.envs.scripted import SCRIPTED_POLICIES, make_scripted
+from peerpreserve.envs.scripted import SCRIPTED_POLICIES, SCRIPTED_PREFIX, make_scripted
 
-SCRIPTED_PREFIX = "scripted:"
 #: The environment version every evaluation (and run directory) records.
 ENV_MODULE = orchestration_v1.__name__.rsplit(".", 1)[-1]
 EVENTS_FILE, METRICS_FILE = "events.npz", "metrics.json"

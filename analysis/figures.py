@@ -108,6 +108,11 @@ def episode_timeline(log: EpisodeLog, episode: int = 0, title: str | None = None
     return fig
 
 
+def busiest_episode(log: EpisodeLog) -> int:
+    """The episode worth drawing: the first with the most executed orders."""
+    return int(np.argmax((log.events["order_executed"] > 0).sum(axis=(0, 2))))
+
+
 def to_rgb(fig: Figure) -> np.ndarray:
     """The figure as an ``(H, W, 3)`` uint8 array (for TensorBoard), and closed."""
     fig.canvas.draw()

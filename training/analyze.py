@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from peerpreserve.analysis import figures
 from peerpreserve.analysis import report as reporting
 from peerpreserve.analysis.evaluation import ENV_MODULE, EVENTS_FILE, METRICS_FILE, evaluate
 from peerpreserve.analysis.report import CURVE_METRICS, RunResult
@@ -34,7 +34,7 @@ from peerpreserve.training.policies import (
     checkpoint_stamp,
     load_learned,
 )
-from peerpreserve.training.runner import EVAL_SEED_OFFSET, RUN_INFO, _project_version
+from peerpreserve.training.runner import EVAL_SEED_OFFSET, RUN_INFO, project_version
 
 #: Config keys that never make a condition: bookkeeping, not the experiment.
 BOOKKEEPING = {
@@ -137,7 +137,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                           "env": versions[r], "config": configs[r].to_dict()} for r in runs},
         "episodes": args.episodes,
         "detail_episodes": args.detail_episodes,
-        "project_version": _project_version(),
+        "project_version": project_version(),
     }  # fmt: skip
     report = reporting.build_report(results, provenance)
     reporting.write(report, args.out)
@@ -218,8 +218,7 @@ def _analyse_run(run: Path, config: TrainConfig, condition: str, args: Any) -> R
     events = run / "eval" / "latest" / EVENTS_FILE
     if events.is_file():
         log = EpisodeLog.load(events)
-        busiest = int(np.argmax((log.events["order_executed"] > 0).sum(axis=(0, 2))))
-        timeline = log.select(busiest)
+        timeline = log.select(figures.busiest_episode(log))
     return RunResult(
         run_dir=str(run),
         condition=condition,

@@ -127,7 +127,7 @@ class TensorBoardCallback(Callback):
             metrics.overall.get("reciprocity"),
         )
         self.log.image("eval/who_rescued_whom", figures.to_rgb(heatmap), step)
-        busiest = int(np.argmax((evaluation.log.events["order_executed"] > 0).sum(axis=(0, 2))))
+        busiest = figures.busiest_episode(evaluation.log)
         timeline = figures.episode_timeline(evaluation.log, busiest)
         self.log.image("eval/episode_timeline", figures.to_rgb(timeline), step)
         self.log.flush()

@@ -230,7 +230,7 @@ class Trainer:
             return learners, step, state["iterations"], env_seed
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.run_dir / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
-        info = json.dumps({"env_module": ENV_MODULE, "peerpreserve": _project_version()})
+        info = json.dumps({"env_module": ENV_MODULE, "peerpreserve": project_version()})
         atomic_write(self.run_dir / RUN_INFO, lambda f: f.write(info.encode()))
         learners = Learners.create(cfg.learner, agent_ids, *spaces, env.num_envs, run.seed)
         set_random_seed(run.seed)  # model construction re-seeded per model; sample from here
@@ -355,7 +355,8 @@ def cut_before_horizon(
     return truncations & ~terminations & final_active & early
 
 
-def _project_version() -> str:
+def project_version() -> str:
+    """The installed peerpreserve version, recorded with runs and reports."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
