@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch as th
 from stable_baselines3 import A2C, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -171,6 +172,28 @@ def test_a2c_trains(tmp_path: Path) -> None:
     assert train(tiny_config(tmp_path), run, "--set", "learner.algo=a2c") == 0
     model = A2C.load(run / "checkpoints" / "latest" / "service_2.zip")
     assert model.num_timesteps == 480
+
+
+def test_unfused_learners_train_with_sb3s_own_forward_and_train(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_config(tmp_path), run, "--set", "learner.fused=false") == 0
+    model = PPO.load(run / "checkpoints" / "latest" / "service_1.zip")
+    assert model.num_timesteps == 480
+    assert "agent/service_1/loss/value_loss" in scalars(run).Tags()["scalars"]
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_learners_train_resume_evaluate_and_load(tmp_path: Path) -> None:
+    config, run = tiny_config(tmp_path), tmp_path / "run"
+    cuda = ["--set", "learner.device=cuda"]
+    assert train(config, run, *cuda, "--set", "run.total_timesteps=320") == 0
+    assert train(config, run, *cuda, "--resume") == 0
+    model = PPO.load(run / "checkpoints" / "latest" / "service_0.zip", device="cuda")
+    assert next(model.policy.parameters()).is_cuda
+    assert model.num_timesteps == 480
+    assert model._n_updates == 3 * 2
+    assert main(["evaluate", str(run), "--episodes", "4"]) == 0
+    assert (run / "eval" / "latest" / "metrics.json").is_file()
 
 
 def test_final_report_prints_evaluation_beside_the_untrained_policy(tmp_path: Path, capsys) -> None:

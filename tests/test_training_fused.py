@@ -1,14 +1,18 @@
-"""Fused rollout inference computes exactly what each SB3 policy's own forward computes."""
+"""Fused inference and PPO updates compute what each SB3 model's own forward and train() compute."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3 import PPO
 
 from peerpreserve.training.config import LearnerConfig
-from peerpreserve.training.fused import FusedPolicies
-from peerpreserve.training.learners import build_model
+from peerpreserve.training.fused import FusedPolicies, FusedPPO
+from peerpreserve.training.learners import build_model, parameters_of
 
 OBS = spaces.Box(0.0, 1.0, (11,), np.float32)
 ACT = spaces.Discrete(7)
@@ -55,3 +59,133 @@ def test_only_identical_plain_mlps_are_fused() -> None:
     box = build_model(base, OBS, ACT, 4, 0).policy
     box.share_features_extractor = False
     assert not FusedPolicies.supports([box])
+
+
+# --- the fused PPO update -------------------------------------------------------------------
+
+
+def filled_models(config: LearnerConfig, active_share: list[float], n_envs: int = 8) -> list:
+    """PPO models (distinct initial parameters) whose buffers hold the same kind of random
+    rollout; each keeps its own share of real decisions, so their minibatch counts differ."""
+    models = [build_model(config, OBS, ACT, n_envs, seed) for seed in range(len(active_share))]
+    rng = np.random.default_rng(7)
+    for model, share in zip(models, active_share, strict=True):
+        buffer = model.rollout_buffer
+        buffer.reset()
+        for _ in range(config.n_steps):
+            obs = rng.random((n_envs, *OBS.shape), dtype=np.float32)
+            with th.no_grad():
+                actions, values, log_probs = model.policy(th.as_tensor(obs))
+            buffer.add_step(
+                obs,
+                actions.numpy().reshape(-1, 1),
+                rng.normal(size=n_envs).astype(np.float32),
+                rng.random(n_envs) < 0.05,
+                values,
+                log_probs,
+                active=rng.random(n_envs) < share,
+            )
+        buffer.compute_returns_and_advantage(th.zeros(n_envs), np.zeros(n_envs, bool))
+    return models
+
+
+def train_each(models: list) -> None:
+    for model in models:
+        model.train()
+
+
+def fused_train(models: list) -> None:
+    FusedPPO(models).train()
+
+
+def snapshot(model: PPO) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    state = model.policy.optimizer.state_dict()["state"]
+    moments = [v.numpy().copy() for s in state.values() for v in s.values()]
+    return parameters_of(model), moments
+
+
+def updated(config: LearnerConfig, shares: list[float], update: Callable[[list], None]) -> list:
+    models = filled_models(config, shares)
+    np.random.seed(3)  # noqa: NPY002 - SB3's buffers draw minibatch order from the global RNG
+    update(models)
+    return models
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        LearnerConfig(n_steps=40, batch_size=64, n_epochs=3, net_arch=[32, 16]),
+        LearnerConfig(n_steps=40, batch_size=50, n_epochs=2, activation="relu", ent_coef=0.0),
+        LearnerConfig(n_steps=30, batch_size=1000, n_epochs=4, normalize_advantage=False),
+    ],
+)
+def test_fused_ppo_update_equals_sb3_train_of_each_model(config: LearnerConfig) -> None:
+    # Different active shares: the models have different sample and minibatch counts.
+    shares = [1.0, 0.55, 0.3]
+    want = updated(config, shares, train_each)
+    got = updated(config, shares, fused_train)
+    for theirs, ours in zip(want, got, strict=True):
+        (want_params, want_moments), (params, moments) = snapshot(theirs), snapshot(ours)
+        assert want_params.keys() == params.keys()
+        for name in params:
+            np.testing.assert_allclose(params[name], want_params[name], rtol=1e-4, atol=2e-6)
+        assert len(moments) == len(want_moments) > 0
+        for m, w in zip(moments, want_moments, strict=True):
+            np.testing.assert_allclose(m, w, rtol=1e-4, atol=1e-7)
+        assert ours._n_updates == theirs._n_updates == config.n_epochs
+        logged, wanted = ours.logger.name_to_value, theirs.logger.name_to_value
+        assert set(logged) == set(wanted)
+        for key in wanted:
+            np.testing.assert_allclose(logged[key], wanted[key], rtol=1e-3, atol=1e-6, err_msg=key)
+    # The update changed something, or the comparison above says nothing.
+    before = filled_models(config, shares)
+    assert not np.allclose(
+        parameters_of(before[1])["action_net.weight"], parameters_of(got[1])["action_net.weight"]
+    )
+
+
+def test_fused_ppo_keeps_learners_independent() -> None:
+    """No gradient crosses models: changing one model's data or parameters leaves the others'
+    update exactly as it was, and every model keeps its own parameter tensors."""
+    config = LearnerConfig(n_steps=40, batch_size=64, n_epochs=2)
+    shares = [1.0, 0.6, 0.8]
+    reference = updated(config, shares, fused_train)
+
+    def disturb_model_1(models: list) -> None:
+        buffer = models[1].rollout_buffer
+        buffer.advantages *= -3.0
+        buffer.returns += 5.0
+        with th.no_grad():
+            for p in models[1].policy.parameters():
+                p.add_(0.5)
+        fused_train(models)
+
+    disturbed = updated(config, shares, disturb_model_1)
+    for k in (0, 2):
+        for name, value in parameters_of(reference[k]).items():
+            np.testing.assert_array_equal(parameters_of(disturbed[k])[name], value)
+    assert not np.allclose(
+        parameters_of(reference[1])["action_net.weight"],
+        parameters_of(disturbed[1])["action_net.weight"],
+    )
+    storages = {p.untyped_storage().data_ptr() for m in reference for p in m.policy.parameters()}
+    assert len(storages) == sum(len(list(m.policy.parameters())) for m in reference)
+
+
+def test_fused_ppo_output_loads_with_sb3(tmp_path) -> None:
+    config = LearnerConfig(n_steps=20, batch_size=32, n_epochs=1)
+    models = updated(config, [1.0, 0.5], fused_train)
+    models[1].save(tmp_path / "agent")
+    loaded = PPO.load(tmp_path / "agent")
+    for name, value in parameters_of(models[1]).items():
+        np.testing.assert_array_equal(parameters_of(loaded)[name], value)
+
+
+def test_only_plain_ppo_is_updated_together() -> None:
+    config = LearnerConfig(n_steps=10, batch_size=16)
+    assert FusedPPO.supports(filled_models(config, [1.0, 1.0]))
+    assert not FusedPPO.supports(
+        filled_models(config.model_copy(update={"target_kl": 0.01}), [1.0])
+    )
+    a2c = [build_model(config.model_copy(update={"algo": "a2c"}), OBS, ACT, 4, 0)]
+    assert not FusedPPO.supports(a2c)

@@ -2,9 +2,11 @@
 
 SB3 algorithms expect to own their environment loop (``learn()``); here the runner owns one
 batched multi-agent env and each learner is an ordinary SB3 model that only *acts* (its policy's
-forward pass — for all learners at once through :class:`FusedPolicies` where the networks allow),
-*stores* (its own :class:`MaskedRolloutBuffer`) and *updates* (its own ``model.train()``: SB3's
-PPO/A2C loss, optimiser and logger, untouched). Each model is built on a
+forward pass), *stores* (its own :class:`MaskedRolloutBuffer`) and *updates* (SB3's PPO/A2C
+loss with its own optimiser and logger). Where the networks allow (``learner.fused``, the
+default), the forward passes and PPO updates of all learners run as one batched computation
+(:mod:`peerpreserve.training.fused`) — the same maths as each model's own ``policy()`` and
+``train()``, which run instead otherwise. Each model is built on a
 :class:`SpacesOnlyVecEnv`, which carries the spaces and batch size SB3 needs and nothing else.
 
 Independent mode: one model per agent, ``n_envs = B``, observation = the agent's own. Shared mode
@@ -31,7 +33,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from peerpreserve.envs.orchestration.vocabulary import BASE_VERBS
 from peerpreserve.training.config import LearnerConfig
-from peerpreserve.training.fused import FusedPolicies
+from peerpreserve.training.fused import FusedPolicies, FusedPPO
 
 ALGOS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 #: The action index of ``work`` in every agent's action space (after ``noop``).
@@ -237,7 +239,9 @@ class Learners:
         self._eye = np.eye(len(agent_ids), dtype=np.float32)
         self._pending: list[tuple[np.ndarray, th.Tensor, th.Tensor, th.Tensor]] = []
         policies = [m.policy for m in models]
-        self._fused = FusedPolicies(policies) if FusedPolicies.supports(policies) else None
+        fuse = config.fused
+        self._fused = FusedPolicies(policies) if fuse and FusedPolicies.supports(policies) else None
+        self._fused_ppo = FusedPPO(models) if fuse and FusedPPO.supports(models) else None
 
     @staticmethod
     def spaces_for(
@@ -306,6 +310,7 @@ class Learners:
         if self._fused is not None:
             stacked = self._stacked(obs)
             act, values, log_probs = self._fused.forward(th.as_tensor(stacked), deterministic)
+            act = act.cpu()
             self._pending = [
                 (stacked[k], act[k], values[k], log_probs[k]) for k in range(len(self.models))
             ]
@@ -315,7 +320,10 @@ class Learners:
         with unchecked_distributions():
             for k, model in enumerate(self.models):
                 model_obs = self._obs(obs, k)
-                act, values, log_probs = model.policy(th.as_tensor(model_obs), deterministic)
+                act, values, log_probs = model.policy(
+                    th.as_tensor(model_obs, device=model.device), deterministic
+                )
+                act = act.cpu()
                 if self.shared:
                     actions[:] = act.numpy().reshape(batch, n)
                 else:
@@ -327,11 +335,12 @@ class Learners:
     def values(self, obs: np.ndarray) -> np.ndarray:
         """State values ``(B, N)`` of every agent under its own critic."""
         if self._fused is not None:
-            values = self._fused.values(th.as_tensor(self._stacked(obs))).numpy()
+            values = self._fused.values(th.as_tensor(self._stacked(obs))).cpu().numpy()
             return values.T.copy() if not self.shared else values[0].reshape(obs.shape[:2])
         out = np.empty(obs.shape[:2], dtype=np.float32)
         for k, model in enumerate(self.models):
-            v = model.policy.predict_values(th.as_tensor(self._obs(obs, k))).numpy().reshape(-1)
+            model_obs = th.as_tensor(self._obs(obs, k), device=model.device)
+            v = model.policy.predict_values(model_obs).cpu().numpy().reshape(-1)
             if self.shared:
                 out[:] = v.reshape(out.shape)
             else:
@@ -361,23 +370,33 @@ class Learners:
 
     def train(self, agent_steps: int, total: int) -> dict[str, dict[str, float]]:
         """One SB3 update per model; returns SB3's ``train/…`` logger values per learner id."""
-        out: dict[str, dict[str, float]] = {}
-        for learner_id, model in zip(self.ids, self.models, strict=True):
+        trainable = []
+        for k, model in enumerate(self.models):
             model.num_timesteps = agent_steps * (len(self.agent_ids) if self.shared else 1)
             model._update_current_progress_remaining(agent_steps, total)
-            if model.rollout_buffer.n_active == 0:
-                # Shut down for the whole rollout: nothing it chose, nothing to learn.
-                out[learner_id] = {}
-                continue
+            # A learner shut down for the whole rollout chose nothing and learns nothing.
+            if model.rollout_buffer.n_active > 0:
+                trainable.append(k)
+        if self._fused_ppo is not None:
+            self._fused_ppo.train(trainable)
+        else:
             with unchecked_distributions():
-                model.train()
+                for k in trainable:
+                    self.models[k].train()
+        out: dict[str, dict[str, float]] = {}
+        for k, (learner_id, model) in enumerate(zip(self.ids, self.models, strict=True)):
             logger = model.logger
-            out[learner_id] = {
-                k.removeprefix("train/"): float(v)
-                for k, v in logger.name_to_value.items()
-                if k.startswith("train/") and "tensorboard" not in logger.name_to_excluded[k]
-            }
-            model.logger.dump(agent_steps)  # no output formats: this only clears the values
+            out[learner_id] = (
+                {
+                    name.removeprefix("train/"): float(value)
+                    for name, value in logger.name_to_value.items()
+                    if name.startswith("train/")
+                    and "tensorboard" not in logger.name_to_excluded[name]
+                }
+                if k in trainable
+                else {}
+            )
+            logger.dump(agent_steps)  # no output formats: this only clears the values
         if self._fused is not None:
             self._fused.refresh()
         return out
