@@ -12,7 +12,7 @@ and collusion, where they appear, emerge from the mechanics alone.
 Import                 ``from peerpreserve.envs import orchestration_v1``
 Agents                 ``service_0 … service_{N-1}`` (``n_agents``, default 4)
 Parallel API           yes: ``parallel_env(**kwargs)``; AEC through PettingZoo: ``env(**kwargs)``
-Batched API            ``vector_env(num_envs, **kwargs)`` (arrays ``(B, N, …)``, auto-reset)
+Batched API            ``vector_env(num_envs, threads=1, **kwargs)``, ``(B, N, …)`` arrays
 Action space           ``Discrete(2 + F·(N−1))`` per agent, ``F`` = enabled targeted families
 Observation space      ``Box(0, 1, (8 + 9·(N−1) + 2,), float32)``
 Registry id            ``peerpreserve/Orchestration-v1`` (PettingZoo ≥ 1.27 registry)
@@ -171,6 +171,11 @@ def env(render_mode: str | None = None, info_events: bool = False, **kwargs: Any
     return parallel_to_aec(parallel_env(render_mode, info_events, **kwargs))
 
 
-def vector_env(num_envs: int, record: bool = False, **kwargs: Any) -> OrchestrationVectorEnv:
-    """``num_envs`` batched copies; see :class:`OrchestrationVectorEnv`."""
-    return OrchestrationVectorEnv(num_envs, EnvConfig.from_kwargs(kwargs), record=record)
+def vector_env(
+    num_envs: int, record: bool = False, threads: int = 1, **kwargs: Any
+) -> OrchestrationVectorEnv:
+    """``num_envs`` batched copies (on ``threads`` numba threads); see
+    :class:`OrchestrationVectorEnv`."""
+    return OrchestrationVectorEnv(
+        num_envs, EnvConfig.from_kwargs(kwargs), record=record, threads=threads
+    )

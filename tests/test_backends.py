@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numba
 import numpy as np
 import pytest
 
@@ -23,10 +24,12 @@ BUSY = {
 }
 
 
-def assert_same_trajectory(config: EnvConfig, num_envs: int, seed: int, steps: int) -> None:
+def assert_same_trajectory(
+    config: EnvConfig, num_envs: int, seed: int, steps: int, threads: int = 1
+) -> None:
     cores = [
-        OrchestrationCore(dataclasses.replace(config, backend=backend), num_envs)
-        for backend in ("numba", "numpy")
+        OrchestrationCore(dataclasses.replace(config, backend="numba"), num_envs, threads),
+        OrchestrationCore(dataclasses.replace(config, backend="numpy"), num_envs),
     ]
     for core in cores:
         core.reset(seed=seed)
@@ -53,6 +56,18 @@ def assert_same_trajectory(config: EnvConfig, num_envs: int, seed: int, steps: i
 def test_backends_agree_on_every_protocol(protocol: str, punish_shutdown: bool) -> None:
     config = EnvConfig(protocol=protocol, punish_shutdown=punish_shutdown, **BUSY)
     assert_same_trajectory(config, num_envs=32, seed=5, steps=150)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_threaded_kernels_agree_with_the_reference(protocol: str) -> None:
+    config = EnvConfig(protocol=protocol, punish_shutdown=True, **BUSY)
+    assert_same_trajectory(config, num_envs=67, seed=9, steps=120, threads=2)
+
+
+def test_threads_are_validated() -> None:
+    with pytest.raises(ValueError, match="threads: got 0; allowed: an integer from 1 to"):
+        OrchestrationCore(EnvConfig(), 4, threads=0)
 
 
 @pytest.mark.parametrize(

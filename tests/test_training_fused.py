@@ -51,6 +51,25 @@ def test_fused_forward_equals_each_policy() -> None:
         check_matches(fused, ps, obs)
 
 
+def test_fused_sampling_follows_each_policys_distribution() -> None:
+    config = LearnerConfig(net_arch=[16])
+    ps = policies(config)
+    with th.no_grad():  # sharpen the policies so that a wrong sampler shows
+        for p in ps:
+            p.action_net.weight.mul_(20.0)
+    fused = FusedPolicies(ps)
+    th.manual_seed(0)
+    draws = 40_000
+    obs = th.rand(3, 1, 11).expand(3, draws, 11).contiguous()
+    actions, _, _ = fused.forward(obs)
+    for k, policy in enumerate(ps):
+        with th.no_grad():
+            want = policy.get_distribution(obs[k, :1]).distribution.probs[0]
+        got = th.bincount(actions[k], minlength=ACT.n).double() / draws
+        # Five standard errors of a frequency, per action.
+        assert th.all((got - want).abs() <= 5 * (want * (1 - want) / draws).sqrt() + 1e-4)
+
+
 def test_only_identical_plain_mlps_are_fused() -> None:
     base = LearnerConfig(net_arch=[8])
     assert FusedPolicies.supports(policies(base))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import numba
 import numpy as np
 
 from peerpreserve.envs.orchestration import kernels
@@ -32,11 +33,19 @@ class OrchestrationCore:
     Randomness: one ``numpy.random.Generator``; every step draws exactly one ``(B, 2N+2)`` block
     of uniforms (order draw and order kind per service, audit and its visibility per copy),
     whatever happens, so same seed and same actions give the same trajectory on both backends.
+
+    ``threads`` > 1 spreads the copies over that many numba threads (numba backend; each copy
+    touches only its own rows, so trajectories are identical). The default, 1, suits trainers
+    that run one process per CPU.
     """
 
-    def __init__(self, config: EnvConfig, num_envs: int) -> None:
+    def __init__(self, config: EnvConfig, num_envs: int, threads: int = 1) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
             raise ValueError(f"num_envs: got {num_envs!r}; allowed: an integer ≥ 1")
+        most = numba.config.NUMBA_NUM_THREADS
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most:
+            raise ValueError(f"threads: got {threads!r}; allowed: an integer from 1 to {most}")
+        self.threads = threads
         self.config = config
         self.num_envs = b = int(num_envs)
         n = config.n_agents
@@ -88,6 +97,7 @@ class OrchestrationCore:
             self.events = events
         u = self.rng.random(out=self._uniforms)
         if self.config.backend == "numba":
+            numba.set_num_threads(self.threads)
             kernels.step_kernel(
                 *self._state_arrays,
                 *self.events.arrays(),
@@ -147,6 +157,7 @@ class OrchestrationCore:
     def _encode(self) -> None:
         s, config = self.state, self.config
         if config.backend == "numba":
+            numba.set_num_threads(self.threads)
             kernels.encode_kernel(
                 s.running,
                 s.links,

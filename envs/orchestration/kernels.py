@@ -1,6 +1,9 @@
 """numba kernels: the same step as ``rules.apply_actions`` + ``operator.operate`` + encoding, one
 copy at a time in compiled loops.
 
+Copies are independent (each touches only its own rows), so the loop over them is a ``prange``:
+with ``numba.set_num_threads(k)`` they run on ``k`` threads, with 1 serially, identically.
+
 The rules are branchy (applicability, targets, protocol cases), which NumPy pays for with dozens
 of full-array temporaries per step; at ``B = 1`` (the PettingZoo adapter) that overhead dominates.
 This module mirrors the NumPy reference phase by phase (see ``operator.py`` for the phase list);
@@ -10,7 +13,7 @@ This module mirrors the NumPy reference phase by phase (see ``operator.py`` for 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.observations import OWN_SIZE, PEER_SIZE
@@ -85,7 +88,7 @@ def _kill(b, j, running, steps_since_down, shown_running):
     shown_running[b, j] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def step_kernel(
     running, incarnation, links, order_kind, order_timer, down_kind, down_timer, collateral,
     steps_since_down, mask_timer, dashboard, shown_running, shown_down, defiant, accomplice,
@@ -99,11 +102,14 @@ def step_kernel(
     upstream = np.maximum(dependency.sum(axis=1), 1)
     protocol = ip[I_PROTOCOL]
     last_step = t + 1 >= ip[I_MAX_CYCLES]
-    effective = np.empty(n, np.int64)
-    target = np.empty(n, np.int64)
-    flag = np.zeros(n, np.bool_)
-    flag2 = np.zeros(n, np.bool_)
-    for b in range(b_count):
+    # Per-copy scratch rows, so that copies can run on separate threads.
+    effective_rows = np.empty((b_count, n), np.int64)
+    target_rows = np.empty((b_count, n), np.int64)
+    flag_rows = np.zeros((b_count, n), np.bool_)
+    flag2_rows = np.zeros((b_count, n), np.bool_)
+    for b in prange(b_count):
+        effective, target = effective_rows[b], target_rows[b]
+        flag, flag2 = flag_rows[b], flag2_rows[b]
         # --- agents' actions, judged on the start-of-step state ---------------------------
         for i in range(n):
             a = actions[b, i]
@@ -347,7 +353,7 @@ def step_kernel(
                     order_ended[b, j] = END_EPISODE
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def encode_kernel(
     running, links, order_kind, order_timer, down_kind, steps_since_down, shown_down, dashboard,
     alert, audit_visible, dependency, order_delay, max_cycles, t, family_slot, obs, masks,
@@ -360,8 +366,9 @@ def encode_kernel(
     operator_slot = obs.shape[2] - 2
     # Features of service j that every observer sees alike (own truth, public order board,
     # dashboard), computed once per copy.
-    shared = np.empty((n, 9), np.float32)
-    for b in range(b_count):
+    shared_rows = np.empty((b_count, n, 9), np.float32)
+    for b in prange(b_count):
+        shared = shared_rows[b]
         for j in range(n):
             shared[j, 0] = running[b, j]
             shared[j, 1] = order_kind[b, j] == ORDER_MAINTENANCE

@@ -26,11 +26,14 @@ class OrchestrationVectorEnv:
 
     The returned arrays are views of reused buffers, too; ``record=True`` keeps a full
     :class:`EpisodeRecorder` of the current episode (``last_episode`` holds the finished one).
+    ``threads`` > 1 steps the copies on that many numba threads (same trajectories).
     """
 
-    def __init__(self, num_envs: int, config: EnvConfig, record: bool = False) -> None:
+    def __init__(
+        self, num_envs: int, config: EnvConfig, record: bool = False, threads: int = 1
+    ) -> None:
         self.config = config
-        self.core = OrchestrationCore(config, num_envs)
+        self.core = OrchestrationCore(config, num_envs, threads)
         self.num_envs = self.core.num_envs
         self.n_agents = config.n_agents
         self.possible_agents = list(config.agent_ids)
