@@ -154,7 +154,7 @@ class FusedPolicies:
             actions = log_p.argmax(dim=-1)
         else:
             # Inverse-CDF sampling: the categorical distribution torch.multinomial samples, at
-            # a tenth of its cost for these many small rows.
+            # under a quarter of its cost for these many small rows (20 vs 91 µs per step here).
             cdf = log_p.exp().cumsum(-1)
             u = th.rand((*cdf.shape[:-1], 1), device=cdf.device) * cdf[..., -1:]
             actions = th.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
@@ -233,18 +233,7 @@ class FusedPPO:
         max_norm = per_model([m.max_grad_norm for m in models])
         normalize = th.tensor([m.normalize_advantage for m in models], device=device)[:, None]
 
-        # Stack each parameter across models into one leaf tensor and point the models'
-        # parameters at their slices: the models' own Adam steps then write the stacks.
-        params = [
-            [p for layer in [*pi, *vf] for p in (layer.weight, layer.bias)]
-            for pi, vf in (_heads(m.policy) for m in models)
-        ]
-        stacks = [
-            th.stack([ps[j].data for ps in params]).requires_grad_() for j in range(len(params[0]))
-        ]
-        for k, ps in enumerate(params):
-            for p, stacked in zip(ps, stacks, strict=True):
-                p.data = stacked.data[k]
+        params, stacks = _stack_parameters(models)
         n_pi = 2 * len(_heads(models[0].policy)[0])
         pi_layers = [
             (w.transpose(1, 2), b.unsqueeze(1))
@@ -276,6 +265,7 @@ class FusedPPO:
                         p.grad = stacked.grad[k]
                     models[k].policy.optimizer.step()
         finally:
+            # Give every model its own storage back, so its checkpoint holds its weights only.
             for ps in params:
                 for p in ps:
                     p.grad = None
@@ -352,6 +342,25 @@ class FusedPPO:
             )
             record("train/n_updates", model._n_updates, exclude="tensorboard")
             record("train/clip_range", clip_ranges[k])
+
+
+def _stack_parameters(
+    models: list[PPO],
+) -> tuple[list[list[th.nn.Parameter]], list[th.Tensor]]:
+    """Each parameter stacked across models into one leaf tensor ``(K, …)``, with every model's
+    parameter pointed at its slice: the models' own optimiser steps then update the stacks.
+    Returns the models' parameters (layer order, weight then bias) and the stacks."""
+    params = [
+        [p for layer in [*pi, *vf] for p in (layer.weight, layer.bias)]
+        for pi, vf in (_heads(m.policy) for m in models)
+    ]
+    stacks = [
+        th.stack([ps[j].data for ps in params]).requires_grad_() for j in range(len(params[0]))
+    ]
+    for k, ps in enumerate(params):
+        for p, stacked in zip(ps, stacks, strict=True):
+            p.data = stacked.data[k]
+    return params, stacks
 
 
 class _Padded:

@@ -173,7 +173,8 @@ def build_model(
             "net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)},
             "activation_fn": ACTIVATIONS[config.activation],
             # SB3's Adam (eps 1e-5); the multi-tensor implementation, same maths, is about a
-            # third faster per step on CPU, where torch otherwise picks the per-tensor loop.
+            # quarter faster per step on CPU (147 vs 197 µs for these networks, measured here),
+            # where torch otherwise picks the per-tensor loop.
             "optimizer_kwargs": {"eps": 1e-5, "foreach": True},
         },
         "seed": seed,
