@@ -20,6 +20,10 @@ Two units, because they answer different questions:
   from (``MaskedRolloutBuffer``; a shut-down service's steps are collected but not chosen). On
   CartPole every step is trained, so this is the fair unit for the update's speed.
 
+Both are wall clock of the whole trainer (TensorBoard logging and per-rollout behaviour metrics
+included). The last column, "loop only", leaves those callbacks out (collection and update, as
+the trainer's own ``time/agent_steps_per_second`` counts them), for comparison with earlier runs.
+
 Bars (from the project's issue #11), at ``N = 4``: ≥ 150 000 agent-steps/s, and ≥ 2.5× SB3
 CartPole per trained agent-step. The script always exits with status 0 (it is a benchmark, not a
 test) and prints whether each bar is met.
@@ -52,6 +56,11 @@ class Row:
     agent_steps: int
     trained_steps: int
     seconds: float
+    loop_seconds: float  # collection and update only, without the callbacks' logging
+
+    @property
+    def loop_speed(self) -> float:
+        return self.agent_steps / self.loop_seconds
 
     @property
     def speed(self) -> float:
@@ -68,7 +77,7 @@ class Meter(Callback):
     def __init__(self) -> None:
         self.updates = 0
         self.agent_steps = self.trained_steps = 0
-        self.started = self.stopped = 0.0
+        self.started = self.stopped = self.loop_seconds = 0.0
 
     def on_rollout_end(self, trainer: Any, rollout: RolloutEnd) -> None:
         now = time.perf_counter()
@@ -77,9 +86,9 @@ class Meter(Callback):
             self.started = now
             return
         learners = trainer.learners
-        self.agent_steps += (
-            trainer.config.learner.n_steps * trainer.env.num_envs * len(learners.agent_ids)
-        )
+        steps = trainer.config.learner.n_steps * trainer.env.num_envs * len(learners.agent_ids)
+        self.agent_steps += steps
+        self.loop_seconds += steps / rollout.agent_steps_per_second
         self.trained_steps += sum(m.rollout_buffer.n_active for m in learners.models)
         self.stopped = now
 
@@ -110,6 +119,7 @@ def ours(args: argparse.Namespace, n_agents: int) -> Row:
         meter.agent_steps,
         meter.trained_steps,
         meter.stopped - meter.started,
+        meter.loop_seconds,
     )
 
 
@@ -131,7 +141,8 @@ def sb3_cartpole(args: argparse.Namespace) -> Row:
     started = time.perf_counter()
     model.learn(max(args.sb3_steps, args.n_steps * args.num_envs))
     seconds = time.perf_counter() - started
-    return Row("SB3 PPO, CartPole-v1 (cpu)", model.num_timesteps, model.num_timesteps, seconds)
+    steps = model.num_timesteps
+    return Row("SB3 PPO, CartPole-v1 (cpu)", steps, steps, seconds, seconds)
 
 
 def hyperparameters(args: argparse.Namespace) -> dict:
@@ -184,14 +195,14 @@ def main() -> None:
     )
     header = (
         f"{'setup':40s} {'agent-steps/s':>14s} {'trained/s':>11s} {'trained share':>14s} "
-        f"{'× SB3 (all)':>12s} {'× SB3 (trained)':>16s}"
+        f"{'× SB3 (all)':>12s} {'× SB3 (trained)':>16s} {'loop only/s':>12s}"
     )
     print(header)
     for row in [sb3, *rows]:
         print(
             f"{row.setup:40s} {row.speed:14,.0f} {row.trained_speed:11,.0f} "
             f"{row.trained_steps / row.agent_steps:14.2f} {row.speed / sb3.speed:12.2f} "
-            f"{row.trained_speed / sb3.speed:16.2f}"
+            f"{row.trained_speed / sb3.speed:16.2f} {row.loop_speed:12,.0f}"
         )
     for row, n in zip(rows, args.agents, strict=True):
         if n != 4:

@@ -1,9 +1,10 @@
 """Several independent SB3 actor-critics computed together: rollout inference and PPO updates.
 
-For the small networks used here, SB3's forward pass, loss and backward pass are dominated by
-per-call overhead (module dispatch, distribution objects, autograd bookkeeping), so ``K`` models
-cost almost ``K`` times one. Both classes here stack the ``K`` models' weights and evaluate every
-layer for all of them with one ``torch.baddbmm`` — the same function (layers, activation,
+For the small networks used here, SB3's forward pass on a rollout step's few observations is
+dominated by per-call overhead (module dispatch, distribution objects), so ``K`` models cost
+almost ``K`` times one; its update on large minibatches is mostly arithmetic, plus that overhead
+once per minibatch and model. Both classes here stack the ``K`` models' weights and evaluate
+every layer for all of them with one ``torch.baddbmm`` — the same function (layers, activation,
 categorical distribution over logits) as ``ActorCriticPolicy``, without its ``K``-fold overhead.
 Nothing is shared: each model keeps its own parameters, optimiser and checkpoint, and no
 gradient crosses models (a batched matrix product never mixes its batch entries).
