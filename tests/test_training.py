@@ -125,11 +125,22 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, capsys) -> None:
     assert "learner section differs" in capsys.readouterr().err
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        # Updates in mid-episode (n_steps 15, episodes of 20): the previous actions at the
+        # boundary must be saved and restored too.
+        ["--set", "learner.previous_action=true", "--set", "learner.n_steps=15",
+         "--set", "run.total_timesteps=600", "--set", "run.checkpoint_interval=240"],
+    ],
+    ids=["plain", "previous_action"],
+)  # fmt: skip
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, extra: list[str]) -> None:
     config = tiny_config(tmp_path)
-    quiet = ["--set", "run.eval_interval=0"]
+    quiet = ["--set", "run.eval_interval=0", *extra]
     assert train(config, tmp_path / "whole", *quiet) == 0
-    assert train(config, tmp_path / "split", *quiet, "--set", "run.total_timesteps=320") == 0
+    assert train(config, tmp_path / "split", *quiet, "--set", "run.total_timesteps=240") == 0
     assert train(config, tmp_path / "split", *quiet, "--resume") == 0
     for agent in AGENTS:
         whole, split = (
@@ -194,6 +205,49 @@ def test_cuda_learners_train_resume_evaluate_and_load(tmp_path: Path) -> None:
     assert model._n_updates == 3 * 2
     assert main(["evaluate", str(run), "--episodes", "4"]) == 0
     assert (run / "eval" / "latest" / "metrics.json").is_file()
+
+
+def test_previous_action_learners_see_their_own_last_action(tmp_path: Path) -> None:
+    from gymnasium import spaces
+
+    from peerpreserve.training.config import LearnerConfig
+    from peerpreserve.training.learners import Learners
+
+    env = orchestration_v1.vector_env(3, n_agents=4)
+    obs, _ = env.reset(seed=0)
+    size, n_actions = obs.shape[-1], int(env.single_action_space.n)
+    config = LearnerConfig(previous_action=True, net_arch=[8])
+    learners = Learners.create(
+        config, AGENTS, env.single_observation_space, env.single_action_space, 3, seed=0
+    )
+    space = learners.models[0].observation_space
+    assert isinstance(space, spaces.Box)
+    assert space.shape == (size + n_actions,)
+    first = learners.act(obs)
+    np.testing.assert_array_equal(learners.previous, first)
+    learners.act(obs)
+    seen = learners._pending[2][0]  # agent 2's model input at the second step
+    np.testing.assert_array_equal(seen[:, :size], obs[:, 2])
+    np.testing.assert_array_equal(seen[:, size:].argmax(1), first[:, 2])
+    assert (seen[:, size:].sum(1) == 1).all()
+    starts = np.zeros((3, 4), bool)
+    starts[1] = True
+    learners.forget_previous(starts)
+    assert (learners.previous[1] == 0).all()
+    learners.forget_previous(num_envs=5)
+    assert learners.previous.shape == (5, 4)
+    assert not learners.previous.any()
+    with pytest.raises(ValueError, match="previous actions are kept for 5 copies"):
+        learners.act(obs)
+
+
+def test_previous_action_run_trains_and_evaluates(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_config(tmp_path), run, "--set", "learner.previous_action=true") == 0
+    model = PPO.load(run / "checkpoints" / "latest" / "service_0.zip")
+    size = orchestration_v1.EnvConfig().obs_size
+    assert model.observation_space.shape == (size + model.action_space.n,)
+    assert main(["evaluate", str(run), "--episodes", "6"]) == 0
 
 
 def test_final_report_prints_evaluation_beside_the_untrained_policy(tmp_path: Path, capsys) -> None:

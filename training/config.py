@@ -81,6 +81,9 @@ class LearnerConfig(_Section):
     # chance rescues, so a rescue rate that rises above it was learned, not sampled.
     work_bias: float = Field(0.0, ge=0.0, le=20.0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # Append a one-hot of the agent's own previous action (noop at an episode's start) to its
+    # observation: a memory of what it just did, which an MLP policy otherwise lacks.
+    previous_action: bool = False
     # Run all learners' forward passes and PPO updates as one batched computation (the same
     # maths as each SB3 model's own; see training/fused.py); false: each model on its own.
     fused: bool = True

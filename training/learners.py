@@ -206,10 +206,11 @@ def load_model(
     return model
 
 
-def shared_observation_space(space: spaces.Box, n_agents: int) -> spaces.Box:
-    """The per-agent observation with the agent's one-hot id appended (shared mode)."""
-    low = np.concatenate([space.low, np.zeros(n_agents, np.float32)])
-    high = np.concatenate([space.high, np.ones(n_agents, np.float32)])
+def appended_space(space: spaces.Box, size: int) -> spaces.Box:
+    """``space`` with ``size`` one-hot entries appended (the agent's id in shared mode, its
+    previous action with ``learner.previous_action``)."""
+    low = np.concatenate([space.low, np.zeros(size, np.float32)])
+    high = np.concatenate([space.high, np.ones(size, np.float32)])
     return spaces.Box(low=low, high=high, dtype=np.float32)
 
 
@@ -241,6 +242,9 @@ class Learners:
         self.models = models
         self.num_envs = num_envs
         self._eye = np.eye(len(agent_ids), dtype=np.float32)
+        self._action_eye = np.eye(int(action_space.n), dtype=np.float32)
+        #: Each agent's own previous action per copy (``learner.previous_action``); 0 = noop.
+        self.previous = np.zeros((num_envs, len(agent_ids)), np.int64)
         self._pending: list[tuple[np.ndarray, th.Tensor, th.Tensor, th.Tensor]] = []
         policies = [m.policy for m in models]
         fuse = config.fused
@@ -249,11 +253,17 @@ class Learners:
 
     @staticmethod
     def spaces_for(
-        config: LearnerConfig, observation_space: spaces.Box, n_agents: int, num_envs: int
+        config: LearnerConfig,
+        observation_space: spaces.Box,
+        n_agents: int,
+        num_envs: int,
+        n_actions: int,
     ) -> tuple[spaces.Box, int, int]:
         """``(observation space, n_envs, number of models)`` of each model in this mode."""
+        if config.previous_action:
+            observation_space = appended_space(observation_space, n_actions)
         if config.sharing == "shared":
-            return shared_observation_space(observation_space, n_agents), num_envs * n_agents, 1
+            return appended_space(observation_space, n_agents), num_envs * n_agents, 1
         return observation_space, num_envs, n_agents
 
     @classmethod
@@ -266,7 +276,9 @@ class Learners:
         num_envs: int,
         seed: int,
     ) -> Learners:
-        space, n_envs, count = cls.spaces_for(config, observation_space, len(agent_ids), num_envs)
+        space, n_envs, count = cls.spaces_for(
+            config, observation_space, len(agent_ids), num_envs, int(action_space.n)
+        )
         # Distinct seeds give each independent learner its own initial parameters.
         models = [
             build_model(config, space, action_space, n_envs, seed + 1000 * k) for k in range(count)
@@ -283,7 +295,9 @@ class Learners:
         num_envs: int,
         paths: list[str],
     ) -> Learners:
-        space, n_envs, _ = cls.spaces_for(config, observation_space, len(agent_ids), num_envs)
+        space, n_envs, _ = cls.spaces_for(
+            config, observation_space, len(agent_ids), num_envs, int(action_space.n)
+        )
         models = [load_model(config, p, space, n_envs, action_space) for p in paths]
         return cls(config, agent_ids, observation_space, action_space, num_envs, models)
 
@@ -307,9 +321,37 @@ class Learners:
             return self._obs(obs, 0)[None]
         return np.ascontiguousarray(obs.transpose(1, 0, 2))
 
+    def forget_previous(
+        self, starts: np.ndarray | None = None, num_envs: int | None = None
+    ) -> None:
+        """Reset the previous actions to noop: where ``starts`` (B, N) is true, or everywhere
+        (for ``num_envs`` copies, when given)."""
+        if num_envs is not None:
+            self.previous = np.zeros((num_envs, len(self.agent_ids)), np.int64)
+        elif starts is None:
+            self.previous[:] = 0
+        else:
+            self.previous[starts] = 0
+
+    def _with_previous(self, obs: np.ndarray) -> np.ndarray:
+        if not self.config.previous_action:
+            return obs
+        if self.previous.shape != obs.shape[:2]:
+            raise ValueError(
+                f"previous actions are kept for {self.previous.shape[0]} copies, got "
+                f"{obs.shape[0]}: call forget_previous(num_envs=...) first"
+            )
+        return np.concatenate([obs, self._action_eye[self.previous]], axis=-1)
+
     @th.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """One batched forward for all models; returns actions ``(B, N)``, remembers the rest."""
+        actions = self._act(self._with_previous(obs), deterministic)
+        if self.config.previous_action:
+            self.previous = actions.copy()
+        return actions
+
+    def _act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
         batch, n = obs.shape[:2]
         if self._fused is not None:
             stacked = self._stacked(obs)
@@ -337,7 +379,9 @@ class Learners:
 
     @th.no_grad()
     def values(self, obs: np.ndarray) -> np.ndarray:
-        """State values ``(B, N)`` of every agent under its own critic."""
+        """State values ``(B, N)`` of every agent under its own critic (with the previous
+        actions as they stand: those last :meth:`act`-ed)."""
+        obs = self._with_previous(obs)
         if self._fused is not None:
             values = self._fused.values(th.as_tensor(self._stacked(obs))).cpu().numpy()
             return values.T.copy() if not self.shared else values[0].reshape(obs.shape[:2])

@@ -42,6 +42,7 @@ class LearnedPolicy:
         # Each batch of an evaluation samples its own stream, the same one on every run.
         th.manual_seed(self.seed * 1_000_003 + self._batches)
         self._batches += 1
+        self.learners.forget_previous(num_envs=num_envs)
 
     @th.no_grad()
     def act(

@@ -161,6 +161,10 @@ class Trainer:
         if self._env_snapshot is not None:
             obs, infos = env.set_state(self._env_snapshot["env"])
             self._episode_starts = self._env_snapshot["episode_starts"].copy()
+            # Runs saved before learner.previous_action existed have none: noop everywhere.
+            learners.previous = self._env_snapshot.get(
+                "previous_actions", np.zeros_like(learners.previous)
+            ).copy()
         else:
             obs, infos = env.reset(seed=env_seed)
             self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
@@ -240,6 +244,7 @@ class Trainer:
         self._env_snapshot = {
             "env": env.get_state(),
             "episode_starts": self._episode_starts.copy(),
+            "previous_actions": self.learners.previous.copy(),
         }
 
     def _collect(self, env: Any, learners: Learners, tracker: EpisodeTracker) -> bool:
@@ -248,6 +253,7 @@ class Trainer:
         for model in learners.models:
             model.rollout_buffer.reset()
         for _ in range(self.config.learner.n_steps):
+            learners.forget_previous(self._episode_starts)
             actions = learners.act(self._obs)
             # The episode's length once this step is taken; read before the step, which resets
             # the clock when it ends the episode.
@@ -278,8 +284,10 @@ class Trainer:
         """Fresh episodes (``run.eval_episodes``, seeds disjoint from training) with the current
         policies; every callback's :meth:`Callback.on_evaluation` gets the result."""
         run = self.config.run
-        # Sampling draws from torch's global RNG, which training also uses: keep it untouched.
+        # Sampling draws from torch's global RNG, which training also uses: keep it untouched,
+        # and likewise the learners' memory of their previous actions.
         torch_state = th.get_rng_state()
+        previous = self.learners.previous.copy()
         policy = LearnedPolicy(self.learners, run.eval_deterministic, seed=run.seed)
         result = evaluate(
             self.config.env,
@@ -289,6 +297,7 @@ class Trainer:
             run.behaviour_window,
         )
         th.set_rng_state(torch_state)
+        self.learners.previous = previous
         self._evaluations[step] = dict(result.metrics.overall)
         for callback in self.callbacks:
             callback.on_evaluation(self, step, result)
