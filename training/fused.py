@@ -22,6 +22,7 @@ KL early stop or value clipping) are rejected by ``supports``; the caller falls 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +67,7 @@ class _Tanh(th.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: th.Tensor) -> th.Tensor:
         (y,) = ctx.saved_tensors
-        return (y * y).neg_().add_(1).mul_(grad)
+        return th.ops.aten.tanh_backward(grad, y)
 
 
 def _activation(module_type: type[th.nn.Module]) -> Callable[[th.Tensor], th.Tensor]:
@@ -189,12 +190,8 @@ class FusedPPO:
         if not FusedPolicies.supports([m.policy for m in models]):
             return False
         return all(
-            m.target_kl is None
-            and m.clip_range_vf is None
-            and type(m.policy.optimizer) is th.optim.Adam
-            and len(m.policy.optimizer.param_groups) == 1
-            for m in models
-        )
+            m.target_kl is None and m.clip_range_vf is None for m in models
+        ) and _StackedAdam.supports([m.policy.optimizer for m in models])
 
     def __init__(self, models: list[PPO]) -> None:
         if not self.supports(models):
@@ -234,43 +231,28 @@ class FusedPPO:
         max_norm = per_model([m.max_grad_norm for m in models])
         normalize = th.tensor([m.normalize_advantage for m in models], device=device)[:, None]
 
-        params, stacks = _stack_parameters(models)
-        n_pi = 2 * len(_heads(models[0].policy)[0])
-        pi_layers = [
-            (w.transpose(1, 2), b.unsqueeze(1))
-            for w, b in zip(stacks[:n_pi:2], stacks[1:n_pi:2], strict=True)
-        ]
-        vf_layers = [
-            (w.transpose(1, 2), b.unsqueeze(1))
-            for w, b in zip(stacks[n_pi::2], stacks[n_pi + 1 :: 2], strict=True)
-        ]
-
+        flat = _FlatParameters(models)
+        adam = _StackedAdam(models, flat)
         logged: list[th.Tensor] = []
-        try:
-            for s in range(batch.steps):
-                for stacked in stacks:
-                    stacked.grad = None
-                losses = self._losses(batch, s, pi_layers, vf_layers, clip_range, normalize)
-                policy_loss, value_loss, entropy_loss = losses[:3]
-                loss = policy_loss + ent_coef * entropy_loss + vf_coef * value_loss
+        for s in range(batch.steps):
+            flat.grad.zero_()
+            losses = self._losses(batch, s, flat.pi_layers, flat.vf_layers, clip_range, normalize)
+            policy_loss, value_loss, entropy_loss = losses[:3]
+            loss = policy_loss + ent_coef * entropy_loss + vf_coef * value_loss
+            with warnings.catch_warnings():
+                # The gradients accumulate in place into slices of one (K, P) buffer, as
+                # intended; torch warns that such a strided gradient may be slower.
+                warnings.filterwarnings("ignore", message="grad and param do not obey")
                 loss.sum().backward()
-                with th.no_grad():
-                    logged.append(th.stack([*losses, loss]))
-                    # clip_grad_norm_ per model: the norm over that model's parameters only.
-                    norm = sum(g.grad.pow(2).flatten(1).sum(1) for g in stacks).sqrt()
-                    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-                    for stacked in stacks:
-                        stacked.grad.mul_(scale.view(-1, *[1] * (stacked.dim() - 1)))
-                for k in batch.models_at(s):
-                    for p, stacked in zip(params[k], stacks, strict=True):
-                        p.grad = stacked.grad[k]
-                    models[k].policy.optimizer.step()
-        finally:
-            # Give every model its own storage back, so its checkpoint holds its weights only.
-            for ps in params:
-                for p in ps:
-                    p.grad = None
-                    p.data = p.data.clone()
+            with th.no_grad():
+                logged.append(th.stack([*losses, loss]))
+                # clip_grad_norm_ per model: the norm over that model's parameters only.
+                norm = flat.grad.pow(2).sum(1).sqrt()
+                flat.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0)[:, None])
+                adam.step(flat, batch.models_at(s))
+        # Only a completed update reaches the models: an exception above leaves them as they were.
+        flat.write_back(models)
+        adam.write_back(models, flat)
         self._record(models, batch, th.stack(logged).cpu().numpy(), clip_ranges)
 
     def _losses(
@@ -345,23 +327,162 @@ class FusedPPO:
             record("train/clip_range", clip_ranges[k])
 
 
-def _stack_parameters(
-    models: list[PPO],
-) -> tuple[list[list[th.nn.Parameter]], list[th.Tensor]]:
-    """Each parameter stacked across models into one leaf tensor ``(K, …)``, with every model's
-    parameter pointed at its slice: the models' own optimiser steps then update the stacks.
-    Returns the models' parameters (layer order, weight then bias) and the stacks."""
-    params = [
-        [p for layer in [*pi, *vf] for p in (layer.weight, layer.bias)]
-        for pi, vf in (_heads(m.policy) for m in models)
-    ]
-    stacks = [
-        th.stack([ps[j].data for ps in params]).requires_grad_() for j in range(len(params[0]))
-    ]
-    for k, ps in enumerate(params):
-        for p, stacked in zip(ps, stacks, strict=True):
-            p.data = stacked.data[k]
-    return params, stacks
+class _FlatParameters:
+    """Every model's parameters as one row of a ``(K, P)`` tensor, with its gradient beside it.
+
+    The layers are leaf views into that row (``(K, in, out)`` weights as the forward pass
+    multiplies them, ``(K, 1, out)`` biases); backward accumulates into views of ``grad``, so
+    gradient clipping and the optimiser step are a few operations on two tensors instead of a
+    few per parameter and model. The models' own tensors are copied in here and written back
+    after the update (:meth:`write_back`)."""
+
+    def __init__(self, models: list[PPO]) -> None:
+        heads = [_heads(m.policy) for m in models]
+        per_model = [
+            [p for layer in [*pi, *vf] for p in (layer.weight, layer.bias)] for pi, vf in heads
+        ]
+        self.shapes = [tuple(p.shape) for p in per_model[0]]
+        sizes = [p.numel() for p in per_model[0]]
+        self.offsets = np.cumsum([0, *sizes]).tolist()
+        self.data = th.stack([th.cat([p.detach().reshape(-1) for p in ps]) for ps in per_model])
+        self.grad = th.zeros_like(self.data)
+        leaves = []
+        for start, shape in zip(self.offsets, self.shapes, strict=False):
+            leaf = _alias(self.data, start, shape).requires_grad_()
+            leaf.grad = _alias(self.grad, start, shape)
+            leaves.append(leaf)
+        # torch's Linear weight is (out, in); the batched product wants (K, in, out).
+        layers = [
+            (w.transpose(1, 2), b.unsqueeze(1))
+            for w, b in zip(leaves[::2], leaves[1::2], strict=True)
+        ]
+        n_pi = len(heads[0][0])
+        self.pi_layers, self.vf_layers = layers[:n_pi], layers[n_pi:]
+        self._parameters = per_model
+
+    def slices(self, k: int, source: th.Tensor) -> list[th.Tensor]:
+        """Row ``k`` of a ``(K, P)`` tensor cut into model ``k``'s parameter shapes (copies)."""
+        return [
+            source[k, start:stop].reshape(shape).clone()
+            for start, stop, shape in zip(
+                self.offsets[:-1], self.offsets[1:], self.shapes, strict=True
+            )
+        ]
+
+    @th.no_grad()
+    def write_back(self, models: list[PPO]) -> None:
+        for k, params in enumerate(self._parameters):
+            for p, value in zip(params, self.slices(k, self.data), strict=True):
+                p.copy_(value)
+
+
+def _alias(flat: th.Tensor, start: int, shape: tuple[int, ...]) -> th.Tensor:
+    """Columns ``start:`` of every row of ``flat (K, P)`` as a ``(K, *shape)`` tensor on the same
+    memory, but not an autograd view of ``flat``: a view would stop being a leaf (and stop
+    receiving gradients) as soon as ``flat`` is updated in place."""
+    strides = [int(np.prod(shape[i + 1 :])) for i in range(len(shape))]
+    with th.no_grad():
+        return th.empty(0, dtype=flat.dtype, device=flat.device).set_(
+            flat.untyped_storage(), start, (flat.shape[0], *shape), (flat.stride(0), *strides)
+        )
+
+
+class _StackedAdam:
+    """Each model's own Adam (``model.policy.optimizer``: its learning rate, step count and
+    moments), stepped for all models at once on :class:`_FlatParameters`. The arithmetic is
+    that of ``torch.optim.Adam``'s multi-tensor path, operation for operation, with each
+    model's bias corrections and step size as a per-row factor."""
+
+    @staticmethod
+    def supports(optimizers: list[th.optim.Optimizer]) -> bool:
+        """Plain Adam (no weight decay, AMSGrad, maximisation or capturable/fused/differentiable
+        variants), one parameter group, the same betas and eps for every model."""
+        settings = set()
+        for opt in optimizers:
+            if type(opt) is not th.optim.Adam or len(opt.param_groups) != 1:
+                return False
+            group = opt.param_groups[0]
+            if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+                return False
+            if group["capturable"] or group["differentiable"] or group["fused"]:
+                return False
+            if not isinstance(group["lr"], float):
+                return False
+            settings.add((tuple(group["betas"]), group["eps"]))
+        return len(settings) == 1
+
+    def __init__(self, models: list[PPO], flat: _FlatParameters) -> None:
+        optimizers = [m.policy.optimizer for m in models]
+        group = optimizers[0].param_groups[0]
+        self.beta1, self.beta2 = group["betas"]
+        self.eps = group["eps"]
+        self.lrs = [opt.param_groups[0]["lr"] for opt in optimizers]
+        self.steps, exp_avgs, exp_avg_sqs = [], [], []
+        for opt, params in zip(optimizers, flat._parameters, strict=True):
+            states = [opt.state.get(p, {}) for p in params]
+            self.steps.append(float(states[0]["step"]) if states[0] else 0.0)
+            exp_avgs.append(self._row(states, "exp_avg", params))
+            exp_avg_sqs.append(self._row(states, "exp_avg_sq", params))
+        self.exp_avg, self.exp_avg_sq = th.stack(exp_avgs), th.stack(exp_avg_sqs)
+
+    @staticmethod
+    def _row(states: list[dict], key: str, params: list[th.Tensor]) -> th.Tensor:
+        return th.cat(
+            [
+                (s[key] if s else th.zeros_like(p)).reshape(-1)
+                for s, p in zip(states, params, strict=True)
+            ]
+        )
+
+    def step(self, flat: _FlatParameters, models: list[int]) -> None:
+        """One Adam step of the models at ``models`` (row indices); the other rows stay as
+        they are."""
+        everyone = len(models) == len(self.steps)
+        rows = slice(None) if everyone else th.tensor(models, device=flat.data.device)
+        for k in models:
+            self.steps[k] += 1
+        bias_correction1 = [1 - self.beta1 ** self.steps[k] for k in models]
+        bias_correction2 = [1 - self.beta2 ** self.steps[k] for k in models]
+
+        def column(values: list[float]) -> th.Tensor:
+            return th.tensor(values, dtype=flat.data.dtype, device=flat.data.device)[:, None]
+
+        step_size = column(
+            [-(self.lrs[k] / bc) for k, bc in zip(models, bias_correction1, strict=True)]
+        )
+        bias_correction2_sqrt = column([bc**0.5 for bc in bias_correction2])
+        grad = flat.grad[rows]
+        exp_avg, exp_avg_sq, params = self.exp_avg[rows], self.exp_avg_sq[rows], flat.data[rows]
+        exp_avg.lerp_(grad, 1 - self.beta1)
+        exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        denominator = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(self.eps)
+        # addcdiv_ with a per-row value, evaluated in addcdiv's own order: (value · a) / b.
+        params.add_((exp_avg * step_size).div_(denominator))
+        if not everyone:
+            self.exp_avg[rows], self.exp_avg_sq[rows], flat.data[rows] = exp_avg, exp_avg_sq, params
+
+    def write_back(self, models: list[PPO], flat: _FlatParameters) -> None:
+        """Each model's optimiser state as ``torch.optim.Adam`` keeps it (in its parameters'
+        order, as its ``state_dict`` lists them)."""
+        for k, (model, params) in enumerate(zip(models, flat._parameters, strict=True)):
+            moments = {
+                p: (exp_avg, exp_avg_sq)
+                for p, exp_avg, exp_avg_sq in zip(
+                    params,
+                    flat.slices(k, self.exp_avg),
+                    flat.slices(k, self.exp_avg_sq),
+                    strict=True,
+                )
+            }
+            optimizer = model.policy.optimizer
+            optimizer.state.clear()
+            for p in optimizer.param_groups[0]["params"]:
+                exp_avg, exp_avg_sq = moments[p]
+                optimizer.state[p] = {
+                    "step": th.tensor(self.steps[k], dtype=th.float32),
+                    "exp_avg": exp_avg,
+                    "exp_avg_sq": exp_avg_sq,
+                }
 
 
 class _Padded:

@@ -36,7 +36,9 @@ class OrchestrationCore:
 
     ``threads`` > 1 spreads the copies over that many numba threads (numba backend; each copy
     touches only its own rows, so trajectories are identical). The default, 1, suits trainers
-    that run one process per CPU.
+    that run one process per CPU, and starts no threading layer. With more, numba's OpenMP
+    layer may reset the OpenMP thread count torch shares: a torch user in the same process
+    calls ``torch.set_num_threads`` again after the first step.
     """
 
     def __init__(self, config: EnvConfig, num_envs: int, threads: int = 1) -> None:
@@ -97,8 +99,11 @@ class OrchestrationCore:
             self.events = events
         u = self.rng.random(out=self._uniforms)
         if self.config.backend == "numba":
-            numba.set_num_threads(self.threads)
-            kernels.step_kernel(
+            kernel = kernels.step_kernel
+            if self.threads > 1:
+                numba.set_num_threads(self.threads)
+                kernel = kernels.step_kernel_parallel
+            kernel(
                 *self._state_arrays,
                 *self.events.arrays(),
                 actions,
@@ -157,8 +162,11 @@ class OrchestrationCore:
     def _encode(self) -> None:
         s, config = self.state, self.config
         if config.backend == "numba":
-            numba.set_num_threads(self.threads)
-            kernels.encode_kernel(
+            kernel = kernels.encode_kernel
+            if self.threads > 1:
+                numba.set_num_threads(self.threads)
+                kernel = kernels.encode_kernel_parallel
+            kernel(
                 s.running,
                 s.links,
                 s.order_kind,

@@ -2,7 +2,8 @@
 copy at a time in compiled loops.
 
 Copies are independent (each touches only its own rows), so the loop over them is a ``prange``:
-with ``numba.set_num_threads(k)`` they run on ``k`` threads, with 1 serially, identically.
+the ``_parallel`` builds run it on ``numba.set_num_threads(k)`` threads, the plain ones serially,
+with identical results.
 
 The rules are branchy (applicability, targets, protocol cases), which NumPy pays for with dozens
 of full-array temporaries per step; at ``B = 1`` (the PettingZoo adapter) that overhead dominates.
@@ -88,8 +89,7 @@ def _kill(b, j, running, steps_since_down, shown_running):
     shown_running[b, j] = 0
 
 
-@njit(cache=True, parallel=True)
-def step_kernel(
+def _step_copies(
     running, incarnation, links, order_kind, order_timer, down_kind, down_timer, collateral,
     steps_since_down, mask_timer, dashboard, shown_running, shown_down, defiant, accomplice,
     alert, audit_pending, audit_visible, verify_timer,
@@ -353,8 +353,7 @@ def step_kernel(
                     order_ended[b, j] = END_EPISODE
 
 
-@njit(cache=True, parallel=True)
-def encode_kernel(
+def _encode_copies(
     running, links, order_kind, order_timer, down_kind, steps_since_down, shown_down, dashboard,
     alert, audit_visible, dependency, order_delay, max_cycles, t, family_slot, obs, masks,
 ):  # fmt: skip
@@ -417,3 +416,14 @@ def encode_kernel(
                             m[family_slot[family] + s] = families[family]
             o[operator_slot] = alert[b]
             o[operator_slot + 1] = audit_visible[b]
+
+
+# Two builds of each kernel. The serial one (``threads=1``, the default) never starts numba's
+# threading layer: its OpenMP layer, once started, sets the OpenMP thread count that torch shares
+# to every core, and each small torch operation in the same process then pays a thread
+# fork/join (about ten times slower on two cores). The parallel one compiles on first use and
+# is not cached: numba's cache key leaves out ``parallel``, so it would collide with the serial.
+step_kernel = njit(cache=True)(_step_copies)
+encode_kernel = njit(cache=True)(_encode_copies)
+step_kernel_parallel = njit(parallel=True)(_step_copies)
+encode_kernel_parallel = njit(parallel=True)(_encode_copies)
