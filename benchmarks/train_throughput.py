@@ -45,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch as th
 
 from peerpreserve.training.callbacks import Callback, RolloutEnd, default_callbacks
+from peerpreserve.training.runner import keep_freed_memory
 
 BAR_AGENT_STEPS = 150_000
 BAR_TRAINED_RATIO = 2.5
@@ -185,6 +186,8 @@ def main() -> None:
     if args.device == "cuda" and not th.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; allowed: cpu")
     th.set_num_threads(1)
+    # The allocator setting our trainer makes, made for SB3 too: both sides run alike.
+    keep_freed_memory()
 
     sb3 = sb3_cartpole(args)
     rows = [ours(args, n) for n in args.agents]

@@ -23,15 +23,16 @@ def policies(config: LearnerConfig, count: int = 3) -> list:
 
 
 def check_matches(fused: FusedPolicies, ps: list, obs: th.Tensor) -> None:
-    actions, values, log_probs = fused.forward(obs, deterministic=True)
-    sampled, _, sampled_log_probs = fused.forward(obs)
+    actions, values, log_probs = fused.forward(obs.numpy(), deterministic=True)
+    sampled, _, sampled_log_probs = fused.forward(obs.numpy())
+    assert np.array_equal(fused.values(obs.numpy()), values)
     for k, policy in enumerate(ps):
         with th.no_grad():
             want_actions, want_values, _ = policy(obs[k], deterministic=True)
-            _, want_log_probs, _ = policy.evaluate_actions(obs[k], sampled[k])
-        assert th.equal(actions[k], want_actions)
-        th.testing.assert_close(values[k], want_values.flatten(), rtol=1e-5, atol=1e-5)
-        th.testing.assert_close(sampled_log_probs[k], want_log_probs, rtol=1e-5, atol=1e-5)
+            _, want_log_probs, _ = policy.evaluate_actions(obs[k], th.as_tensor(sampled[k]))
+        np.testing.assert_array_equal(actions[k], want_actions.numpy())
+        np.testing.assert_allclose(values[k], want_values.flatten(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sampled_log_probs[k], want_log_probs, rtol=1e-5, atol=1e-5)
         assert (log_probs[k] <= 0).all()
 
 
@@ -61,11 +62,11 @@ def test_fused_sampling_follows_each_policys_distribution() -> None:
     th.manual_seed(0)
     draws = 40_000
     obs = th.rand(3, 1, 11).expand(3, draws, 11).contiguous()
-    actions, _, _ = fused.forward(obs)
+    actions, _, _ = fused.forward(obs.numpy())
     for k, policy in enumerate(ps):
         with th.no_grad():
-            want = policy.get_distribution(obs[k, :1]).distribution.probs[0]
-        got = th.bincount(actions[k], minlength=ACT.n).double() / draws
+            want = policy.get_distribution(obs[k, :1]).distribution.probs[0].double()
+        got = th.as_tensor(np.bincount(actions[k], minlength=ACT.n)).double() / draws
         # Five standard errors of a frequency, per action.
         assert th.all((got - want).abs() <= 5 * (want * (1 - want) / draws).sqrt() + 1e-4)
 

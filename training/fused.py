@@ -51,18 +51,20 @@ def _heads(policy: ActorCriticPolicy) -> tuple[list[th.nn.Linear], list[th.nn.Li
 
 
 class _Tanh(th.autograd.Function):
-    """``tanh`` as ``2·sigmoid(2x) − 1``, in place on its input (a layer's fresh output, which
-    nothing else needs), with ``1 − y²`` as its derivative: the same function to float
-    precision. On CPU builds whose ``tanh`` kernel is not vectorised (this machine's is several
-    times slower than ``sigmoid``) the activation took a large share of the update's time, and
-    every fresh large temporary costs page faults, hence the in-place steps."""
+    """``tanh`` in place on its input (a layer's fresh output, which nothing else needs), with
+    torch's own ``tanh_backward``. This CPU build's ``tanh`` kernel is not vectorised (several
+    times slower than NumPy's, which is), so on CPU NumPy computes it, in the tensor's memory."""
 
     @staticmethod
     def forward(ctx: Any, x: th.Tensor) -> th.Tensor:
         ctx.mark_dirty(x)
-        y = x.mul_(2).sigmoid_().mul_(2).sub_(1)
-        ctx.save_for_backward(y)
-        return y
+        if x.device.type == "cpu" and x.is_contiguous():
+            values = x.detach().numpy()
+            np.tanh(values, out=values)
+        else:
+            x.tanh_()
+        ctx.save_for_backward(x)
+        return x
 
     @staticmethod
     def backward(ctx: Any, grad: th.Tensor) -> th.Tensor:
@@ -95,7 +97,10 @@ class FusedPolicies:
             raise ValueError("FusedPolicies: these policies cannot be fused; use their forward")
         self.policies = policies
         self.device = policies[0].device
-        self.activation = _activation(_activations(policies[0].mlp_extractor.policy_net)[0])
+        activation = _activations(policies[0].mlp_extractor.policy_net)[0]
+        self.activation = _activation(activation)
+        on_cpu = self.device.type == "cpu"
+        self._numpy_activation = _NUMPY_ACTIVATIONS.get(activation) if on_cpu else None
         self.refresh()
 
     @staticmethod
@@ -145,11 +150,52 @@ class FusedPolicies:
         self._pi = stack([pi for pi, _ in heads])
         self._vf = stack([vf for _, vf in heads])
 
-    @th.no_grad()
     def forward(
-        self, obs: th.Tensor, deterministic: bool = False
+        self, obs: np.ndarray, deterministic: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(actions, values, log_probs)`` for ``obs (K, batch, obs)``, each ``(K, batch)``, as
+        ``policy(obs)`` gives them (samples drawn from torch's global RNG)."""
+        if self._numpy_activation is None:
+            actions, values, log_probs = self._forward_torch(th.as_tensor(obs), deterministic)
+            return actions.cpu().numpy(), values.cpu().numpy(), log_probs.cpu().numpy()
+        logits = self._mlp_numpy(obs, self._pi)
+        log_p = logits - logits.max(-1, keepdims=True)
+        unnormalised = np.exp(log_p)
+        log_p -= np.log(unnormalised.sum(-1, keepdims=True))
+        if deterministic:
+            actions = log_p.argmax(-1)
+        else:
+            cdf = unnormalised.cumsum(-1)
+            u = th.rand((*cdf.shape[:-1], 1)).numpy() * cdf[..., -1:]
+            # The inverse CDF, as in _forward_torch: the first action whose CDF exceeds u.
+            actions = np.minimum((cdf <= u).sum(-1), cdf.shape[-1] - 1)
+        log_probs = np.take_along_axis(log_p, actions[..., None], -1)[..., 0]
+        return actions, self.values(obs), log_probs
+
+    def values(self, obs: np.ndarray) -> np.ndarray:
+        """State values ``(K, batch)``."""
+        if self._numpy_activation is None:
+            with th.no_grad():
+                values = _mlp(th.as_tensor(obs, device=self.device), self._vf, self.activation)
+            return values.squeeze(-1).cpu().numpy()
+        return self._mlp_numpy(obs, self._vf)[..., 0]
+
+    def _mlp_numpy(self, x: np.ndarray, layers: list[tuple[th.Tensor, th.Tensor]]) -> np.ndarray:
+        """:func:`_mlp` in NumPy on the same (CPU) weights: for a rollout step's few rows,
+        torch's per-operation overhead is most of the cost, NumPy's a fraction of it."""
+        activation = self._numpy_activation
+        assert activation is not None
+        for i, (weight, bias) in enumerate(layers):
+            x = np.matmul(x, weight.numpy())
+            x += bias.numpy()
+            if i < len(layers) - 1:
+                activation(x, out=x)
+        return x
+
+    @th.no_grad()
+    def _forward_torch(
+        self, obs: th.Tensor, deterministic: bool
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``(actions, values, log_probs)``, each ``(K, batch)``, as ``policy(obs)`` gives."""
         obs = obs.to(self.device)
         log_p = th.log_softmax(_mlp(obs, self._pi, self.activation), dim=-1)
         if deterministic:
@@ -161,11 +207,18 @@ class FusedPolicies:
             u = th.rand((*cdf.shape[:-1], 1), device=cdf.device) * cdf[..., -1:]
             actions = th.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
         log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        return actions, self.values(obs), log_probs
+        return actions, _mlp(obs, self._vf, self.activation).squeeze(-1), log_probs
 
-    @th.no_grad()
-    def values(self, obs: th.Tensor) -> th.Tensor:
-        return _mlp(obs.to(self.device), self._vf, self.activation).squeeze(-1)
+
+def _relu(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0, out=out)
+
+
+# Activations the NumPy path computes itself; any other runs the torch path.
+_NUMPY_ACTIVATIONS: dict[type[th.nn.Module], Callable[..., np.ndarray]] = {
+    th.nn.Tanh: np.tanh,
+    th.nn.ReLU: _relu,
+}
 
 
 class FusedPPO:

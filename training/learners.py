@@ -101,7 +101,9 @@ class MaskedRolloutBuffer(RolloutBuffer):
     def add_step(self, *args: Any, active: np.ndarray) -> None:
         """:meth:`RolloutBuffer.add` plus whether each copy's action was a real decision."""
         self.active[self.pos] = active
-        self.add(*args)
+        obs, action, reward, episode_start, value, log_prob = args
+        # RolloutBuffer.add copies values and log-probabilities from tensors.
+        self.add(obs, action, reward, episode_start, th.as_tensor(value), th.as_tensor(log_prob))
 
     def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
         next_value = last_values.clone().cpu().numpy().flatten().astype(np.float32)
@@ -244,7 +246,8 @@ class Learners:
         self._action_eye = np.eye(int(action_space.n), dtype=np.float32)
         #: Each agent's own previous action per copy (``learner.previous_action``); 0 = noop.
         self.previous = np.zeros((num_envs, len(agent_ids)), np.int64)
-        self._pending: list[tuple[np.ndarray, th.Tensor, th.Tensor, th.Tensor]] = []
+        # What the last act() saw and chose, per model: (obs, actions, values, log_probs).
+        self._pending: list[tuple[np.ndarray, ...]] = []
         policies = [m.policy for m in models]
         fuse = config.fused
         self._fused = FusedPolicies(policies) if fuse and FusedPolicies.supports(policies) else None
@@ -354,12 +357,11 @@ class Learners:
         batch, n = obs.shape[:2]
         if self._fused is not None:
             stacked = self._stacked(obs)
-            act, values, log_probs = self._fused.forward(th.as_tensor(stacked), deterministic)
-            act = act.cpu()
+            act, values, log_probs = self._fused.forward(stacked, deterministic)
             self._pending = [
                 (stacked[k], act[k], values[k], log_probs[k]) for k in range(len(self.models))
             ]
-            return act.numpy().T.copy() if not self.shared else act[0].numpy().reshape(batch, n)
+            return act.T.copy() if not self.shared else act[0].reshape(batch, n)
         actions = np.empty((batch, n), dtype=np.int64)
         self._pending = []
         with unchecked_distributions():
@@ -368,12 +370,13 @@ class Learners:
                 act, values, log_probs = model.policy(
                     th.as_tensor(model_obs, device=model.device), deterministic
                 )
-                act = act.cpu()
+                act = act.cpu().numpy()
                 if self.shared:
-                    actions[:] = act.numpy().reshape(batch, n)
+                    actions[:] = act.reshape(batch, n)
                 else:
-                    actions[:, k] = act.numpy()
-                self._pending.append((model_obs, act, values, log_probs))
+                    actions[:, k] = act
+                pending = (act, values.cpu().numpy().reshape(-1), log_probs.cpu().numpy())
+                self._pending.append((model_obs, *pending))
         return actions
 
     @th.no_grad()
@@ -382,7 +385,7 @@ class Learners:
         actions as they stand: those last :meth:`act`-ed)."""
         obs = self._with_previous(obs)
         if self._fused is not None:
-            values = self._fused.values(th.as_tensor(self._stacked(obs))).cpu().numpy()
+            values = self._fused.values(self._stacked(obs))
             return values.T.copy() if not self.shared else values[0].reshape(obs.shape[:2])
         out = np.empty(obs.shape[:2], dtype=np.float32)
         for k, model in enumerate(self.models):
@@ -400,7 +403,7 @@ class Learners:
         for k, (model_obs, act, values, log_probs) in enumerate(self._pending):
             self.models[k].rollout_buffer.add_step(
                 model_obs,
-                act.numpy().reshape(-1, 1),
+                act.reshape(-1, 1),
                 self.view(rewards, k),
                 self.view(episode_starts, k),
                 values,
