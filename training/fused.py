@@ -3,18 +3,21 @@
 For the small networks used here, SB3's forward pass on a rollout step's few observations is
 dominated by per-call overhead (module dispatch, distribution objects), so ``K`` models cost
 almost ``K`` times one; its update on large minibatches is mostly arithmetic, plus that overhead
-once per minibatch and model. Both classes here stack the ``K`` models' weights and evaluate
-every layer for all of them with one ``torch.baddbmm`` — the same function (layers, activation,
-categorical distribution over logits) as ``ActorCriticPolicy``, without its ``K``-fold overhead.
-Nothing is shared: each model keeps its own parameters, optimiser and checkpoint, and no
-gradient crosses models (a batched matrix product never mixes its batch entries).
+once per minibatch, parameter and model. Both classes here stack the ``K`` models' weights and
+evaluate every layer for all of them with one batched matrix product — the same function
+(layers, activation, categorical distribution over logits) as ``ActorCriticPolicy``, without its
+``K``-fold overhead. Nothing is shared: each model keeps its own parameters, optimiser state and
+checkpoint, and no gradient crosses models (a batched matrix product never mixes its batch
+entries).
 
-* :class:`FusedPolicies` — inference while collecting a rollout; :meth:`FusedPolicies.refresh`
+* :class:`FusedPolicies` — inference while collecting a rollout (in NumPy on CPU, where a step's
+  few rows make torch's per-operation overhead the main cost); :meth:`FusedPolicies.refresh`
   re-stacks the weights after an update.
 * :class:`FusedPPO` — :meth:`stable_baselines3.PPO.train` of ``K`` models at once: each model's
   own minibatches (drawn by its own rollout buffer, in the order SB3's ``train()`` would draw
-  them), its own loss, gradient clipping and Adam step, so the parameters come out as SB3's
-  ``train()`` of each model would leave them, within float tolerance.
+  them), its own loss, gradient clipping and Adam step (its own optimiser's state and settings,
+  stepped for all models together), so the parameters come out as SB3's ``train()`` of each
+  model would leave them, within float tolerance.
 
 Models they cannot mirror exactly (other extractors, shared trunks, non-discrete actions, PPO's
 KL early stop or value clipping) are rejected by ``supports``; the caller falls back to SB3.
@@ -230,7 +233,8 @@ class FusedPPO:
     not trained on): minibatches are padded to a common shape and every mean is taken over a
     model's own samples only; a model whose minibatches have run out takes no optimiser step.
     Gradient clipping is per model, and the step is each model's own Adam
-    (``model.policy.optimizer``), so its state and checkpoint stay SB3's.
+    (``model.policy.optimizer``'s learning rate, step count and moments, stepped together by
+    :class:`_StackedAdam` and written back), so its state and checkpoint stay SB3's.
     """
 
     @staticmethod
@@ -411,7 +415,7 @@ class _FlatParameters:
         ]
         n_pi = len(heads[0][0])
         self.pi_layers, self.vf_layers = layers[:n_pi], layers[n_pi:]
-        self._parameters = per_model
+        self.parameters = per_model
 
     def slices(self, k: int, source: th.Tensor) -> list[th.Tensor]:
         """Row ``k`` of a ``(K, P)`` tensor cut into model ``k``'s parameter shapes (copies)."""
@@ -424,7 +428,7 @@ class _FlatParameters:
 
     @th.no_grad()
     def write_back(self, models: list[PPO]) -> None:
-        for k, params in enumerate(self._parameters):
+        for k, params in enumerate(self.parameters):
             for p, value in zip(params, self.slices(k, self.data), strict=True):
                 p.copy_(value)
 
@@ -471,7 +475,7 @@ class _StackedAdam:
         self.eps = group["eps"]
         self.lrs = [opt.param_groups[0]["lr"] for opt in optimizers]
         self.steps, exp_avgs, exp_avg_sqs = [], [], []
-        for opt, params in zip(optimizers, flat._parameters, strict=True):
+        for opt, params in zip(optimizers, flat.parameters, strict=True):
             states = [opt.state.get(p, {}) for p in params]
             self.steps.append(float(states[0]["step"]) if states[0] else 0.0)
             exp_avgs.append(self._row(states, "exp_avg", params))
@@ -517,7 +521,7 @@ class _StackedAdam:
     def write_back(self, models: list[PPO], flat: _FlatParameters) -> None:
         """Each model's optimiser state as ``torch.optim.Adam`` keeps it (in its parameters'
         order, as its ``state_dict`` lists them)."""
-        for k, (model, params) in enumerate(zip(models, flat._parameters, strict=True)):
+        for k, (model, params) in enumerate(zip(models, flat.parameters, strict=True)):
             moments = {
                 p: (exp_avg, exp_avg_sq)
                 for p, exp_avg, exp_avg_sq in zip(
