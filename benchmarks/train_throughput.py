@@ -7,8 +7,9 @@ Run from the repository root with the project's virtual environment::
     python benchmarks/train_throughput.py --device cuda   # our learners on the GPU
 
 Both sides use the same PPO hyperparameters and network (64×64 tanh actor and critic), one torch
-thread, and the same number of batched copies (``--num-envs``; SB3 steps its copies through
-``DummyVecEnv``), all in this one process, SB3 first. Ours is the real trainer
+thread, the same allocator setting (``runner.keep_freed_memory``, which our trainer makes) and the
+same number of batched copies (``--num-envs``; SB3 steps its copies through ``DummyVecEnv``), all
+in this one process, SB3 first. Ours is the real trainer
 (``peerpreserve.training.runner.Trainer`` with the callbacks ``peerpreserve train`` uses), timed
 per update from the end of the first (numba compiles then) to the end of the last; SB3's by wall
 clock around ``model.learn``.
