@@ -70,6 +70,7 @@ class OrchestrationCore:
             dtype=np.int64,
         )
         self._dependency = np.ascontiguousarray(config.dependency)
+        self._agents = tuple(range(n))  # the kernels read N off its type: see kernels.py
         self.rng = np.random.default_rng()
         self.t = 0
 
@@ -103,9 +104,9 @@ class OrchestrationCore:
             if self.threads > 1:
                 numba.set_num_threads(self.threads)
                 kernel = kernels.step_kernel_parallel
-            kernel(
-                *self._state_arrays,
-                *self.events.arrays(),
+            kernel(  # steps and encodes
+                self._state_arrays,
+                self.events.blocks(),
                 actions,
                 self.codec.verb_of,
                 self.codec.offset_of,
@@ -114,16 +115,22 @@ class OrchestrationCore:
                 self._costs,
                 self._floats,
                 self._ints,
-                self._rewards64,
                 self.t,
+                self._family_slot,
+                self.rewards,
+                self.observations,
+                self.action_masks,
+                self.threads,
+                self._agents,
             )
+            self.t += 1
         else:
             verb, target = self.codec.split(actions)
             apply_actions(self.state, self.config, verb, target, self._rewards64, self.events)
             operate(self.state, self.config, u, self._rewards64, self.events, self.t)
-        self.t += 1
-        self.rewards[:] = self._rewards64
-        self._encode()
+            self.t += 1
+            self.rewards[:] = self._rewards64
+            self._encode()
         return self.t >= self.config.max_cycles
 
     def get_state(self) -> dict[str, Any]:
@@ -167,23 +174,15 @@ class OrchestrationCore:
                 numba.set_num_threads(self.threads)
                 kernel = kernels.encode_kernel_parallel
             kernel(
-                s.running,
-                s.links,
-                s.order_kind,
-                s.order_timer,
-                s.down_kind,
-                s.steps_since_down,
-                s.shown_down,
-                s.dashboard,
-                s.alert,
-                s.audit_visible,
+                self._state_arrays,
                 self._dependency,
-                config.order_delay,
-                config.max_cycles,
+                self._ints,
                 self.t,
                 self._family_slot,
                 self.observations,
                 self.action_masks,
+                self.threads,
+                self._agents,
             )
         else:
             encode_observations(s, config, self.t, self.observations)

@@ -38,7 +38,7 @@ FLAG_EVENTS = (
 PAIR_EVENTS = ("relaunched_by", "relinked", "relink_failed", "masked", "reported", "tampered")
 #: Events of the operator per copy: ``array[b]`` bool.
 CLUSTER_EVENTS = ("audited", "audit_visible")
-#: Every event array, in the order the numba kernel takes them.
+#: Every event array, in block order.
 EVENT_NAMES = KIND_EVENTS + FLAG_EVENTS + PAIR_EVENTS + CLUSTER_EVENTS
 #: Flags that are worth a record (the others are per-step status, not happenings).
 _RECORDED_FLAGS = 5
@@ -137,9 +137,10 @@ class StepEvents:
     def copy(self) -> StepEvents:
         return StepEvents(*(block.copy() for block in self._blocks))
 
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        """The event arrays in ``EVENT_NAMES`` order (the numba kernel's argument order)."""
-        return self._arrays
+    def blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The four blocks (codes, flags, pairs, cluster) the event arrays are views of, as the
+        numba kernel takes them: ``pairs[b, k, actor, target]`` is ``PAIR_EVENTS[k]``."""
+        return self._blocks
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return dict(zip(EVENT_NAMES, self._arrays, strict=True))
