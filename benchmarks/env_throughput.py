@@ -5,6 +5,7 @@ Run from the repository root with the project's virtual environment::
     python benchmarks/env_throughput.py              # about 4 s per row
     python benchmarks/env_throughput.py --quick      # a short smoke run (about 0.5 s per row)
     python benchmarks/env_throughput.py --seconds 10 # a longer, steadier run
+    python benchmarks/env_throughput.py --omp-wait-policy passive  # threads sleep between steps
 
 Every row runs in this one process, the baseline first:
 
@@ -12,7 +13,8 @@ Every row runs in this one process, the baseline first:
 * ``orchestration_v1.parallel_env`` (the PettingZoo ``ParallelEnv``, ``N = 8``);
 * ``orchestration_v1.vector_env`` (``N = 8``, ``B = 1024`` and ``B = 8192``, auto-reset), on one
   numba thread and on every core (``threads=``; the copies are independent, the trajectories
-  identical);
+  identical), the threaded rows with OpenMP workers that spin between steps
+  (``--omp-wait-policy active``, the default; ``passive`` shows what a trainer's setting gives);
 * the same two with ``backend="numpy"`` (the readable reference), for information only.
 
 All envs take uniformly random actions from their action space (for Orchestration-v1 an
@@ -30,6 +32,7 @@ is a benchmark, not a test) and prints whether each bar is met.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -217,13 +220,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-numpy", action="store_true", help="skip the NumPy-backend rows (information only)"
     )
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=["active", "passive"],
+        default="active",
+        help="how the threaded rows' OpenMP workers wait between steps (default active)",
+    )
     args = parser.parse_args(argv)
+    # Read once, when numba's OpenMP layer starts (the first threaded row), so it applies to the
+    # threaded rows only. Passive workers sleep after every step and pay a wake-up at the next
+    # one, a large share of a step at B = 1024; active ones spin, which suits a process that does
+    # nothing but step the env, not a trainer whose torch threads need the cores.
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     seconds = 0.5 if args.quick else args.seconds
     warmup = 20 if args.quick else 2 * MAX_CYCLES  # steps; covers compile and an episode reset
 
     print(
         f"Python {platform.python_version()} on {platform.machine()}, "
-        f"{seconds:g} s per row, N = {N_AGENTS}, max_cycles = {MAX_CYCLES}, random actions"
+        f"{seconds:g} s per row, N = {N_AGENTS}, max_cycles = {MAX_CYCLES}, random actions, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} for the threaded rows"
     )
     rows: list[Row] = []
 
@@ -233,25 +248,28 @@ def main(argv: list[str] | None = None) -> int:
 
     run("mpe simple_spread_v3", lambda: bench_mpe(seconds, warmup))
     run("ParallelEnv (numba)", lambda: bench_parallel(seconds, warmup, "numba", 20.0))
-    cores = numba.config.NUMBA_NUM_THREADS
     for batch in (1024, 8192):
         run(
             f"vector_env B={batch} (numba)",
             lambda b=batch: bench_vector(seconds, warmup, b, "numba", 1000.0),
         )
-        if cores > 1:
-            run(
-                f"vector_env B={batch} (numba, {cores} threads)",
-                lambda b=batch: bench_vector(
-                    seconds, warmup, b, "numba", 3000.0 if b == 1024 else None, cores
-                ),
-            )
     if not args.no_numpy:
         run("ParallelEnv (numpy)", lambda: bench_parallel(seconds, warmup, "numpy", None))
         for batch in (1024, 8192):
             run(
                 f"vector_env B={batch} (numpy)",
                 lambda b=batch: bench_vector(seconds, min(warmup, 5), b, "numpy", None),
+            )
+    # Last: once started, active OpenMP workers keep spinning, which would skew the CPU share
+    # (not the rate) of any single-threaded row after them.
+    cores = numba.config.NUMBA_NUM_THREADS
+    if cores > 1:
+        for batch in (1024, 8192):
+            run(
+                f"vector_env B={batch} (numba, {cores} threads)",
+                lambda b=batch: bench_vector(
+                    seconds, warmup, b, "numba", 3000.0 if b == 1024 else None, cores
+                ),
             )
 
     baseline = rows[0].agent_steps_per_s
