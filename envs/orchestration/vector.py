@@ -26,7 +26,9 @@ class OrchestrationVectorEnv:
 
     The returned arrays are views of reused buffers, too; ``record=True`` keeps a full
     :class:`EpisodeRecorder` of the current episode (``last_episode`` holds the finished one).
-    ``threads`` > 1 steps the copies on that many numba threads (same trajectories).
+    ``threads`` > 1 steps the copies on that many numba threads (same trajectories); in a process
+    that does little but step the env, ``OMP_WAIT_POLICY=ACTIVE`` spares the threads a wake-up at
+    every step (about a third of a step at ``B = 1024``).
     """
 
     def __init__(
