@@ -5,13 +5,16 @@ Run from the repository root with the project's virtual environment::
     python benchmarks/train_throughput.py                 # N = 4, 8, 16; about 2 minutes
     python benchmarks/train_throughput.py --agents 4 --agent-steps 400000
     python benchmarks/train_throughput.py --device cuda   # our learners on the GPU
+    OMP_WAIT_POLICY=ACTIVE python benchmarks/train_throughput.py --agents 4 --threads 2
 
-Both sides use the same PPO hyperparameters and network (64×64 tanh actor and critic), one torch
-thread, the same allocator setting (``runner.keep_freed_memory``, which our trainer makes) and the
-same number of batched copies (``--num-envs``; SB3 steps its copies through ``DummyVecEnv``), all
-in this one process, SB3 first. Ours is the real trainer
-(``peerpreserve.training.runner.Trainer`` with the callbacks ``peerpreserve train`` uses), timed
-per update from the end of the first (numba compiles then) to the end of the last; SB3's by wall
+Both sides use the same PPO hyperparameters and network (64×64 tanh actor and critic), the same
+number of torch threads (``--threads``, default one; with more, set ``OMP_WAIT_POLICY=ACTIVE``, or
+idle threads sleep and wake at every small operation), the same allocator setting
+(``runner.keep_freed_memory``, which our trainer makes) and the same number of batched copies
+(``--num-envs``; SB3 steps its copies through ``DummyVecEnv``), all in this one process, SB3
+first. Ours is the real trainer (``peerpreserve.training.runner.Trainer`` with the callbacks
+``peerpreserve train`` uses), timed per update from the end of the first (numba compiles then) to
+the end of the last; SB3's by wall
 clock around ``model.learn``.
 
 Two units, because they answer different questions:
@@ -109,6 +112,7 @@ def ours(args: argparse.Namespace, n_agents: int) -> Row:
                 "num_envs": args.num_envs,
                 "checkpoint_interval": 0,
                 "eval_interval": 0,
+                "torch_threads": args.threads,
             },
         },
         default_name="bench",
@@ -168,7 +172,12 @@ def device_line(device: str) -> str:
     line = f"device: {device}"
     if device == "cuda":
         line += f" ({th.cuda.get_device_name(0)})"
-    return f"{line}; cpu: {cpu}, {th.get_num_threads()} torch thread; torch {th.__version__}"
+    threads = th.get_num_threads()
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset")
+    return (
+        f"{line}; cpu: {cpu}, {threads} torch thread{'s' * (threads > 1)} "
+        f"(OMP_WAIT_POLICY {wait}); torch {th.__version__}"
+    )
 
 
 def main() -> None:
@@ -183,10 +192,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1600)
     parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, both sides (default 1)"
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not th.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; allowed: cpu")
-    th.set_num_threads(1)
+    if args.threads < 1:
+        parser.error(f"--threads: got {args.threads}; allowed: an integer ≥ 1")
+    th.set_num_threads(args.threads)
     # The allocator setting our trainer makes, made for SB3 too: both sides run alike.
     keep_freed_memory()
 
