@@ -74,10 +74,9 @@ def keep_freed_memory() -> None:
     """Have glibc's allocator keep freed memory for reuse rather than return it to the system.
 
     Each PPO minibatch allocates and frees tensors of a few MB; by default glibc maps them
-    fresh (or trims the heap) each time, and pays first-touch page faults again: about 3 500 per
-    update at the quickstart settings, about 100 with the thresholds below, which keep such blocks
-    in the heap. The memory held stays bounded by the process's own peak. Without glibc (other
-    platforms), this does nothing."""
+    fresh (or trims the heap) each time, and pays first-touch page faults again; the thresholds
+    below keep such blocks in the heap. The memory held stays bounded by the process's own peak.
+    Without glibc (other platforms), this does nothing."""
     if not sys.platform.startswith("linux"):
         return
     try:

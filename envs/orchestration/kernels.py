@@ -529,7 +529,7 @@ def _encode_copies(state, dependency, ip, t, family_slot, obs, masks, parts, age
 # Two builds of each kernel. The serial one (``threads=1``, the default) never starts numba's
 # threading layer: its OpenMP layer, once started, sets the OpenMP thread count that torch shares
 # to every core, and each small torch operation in the same process then pays a thread
-# fork/join (about ten times slower on two cores). The parallel one compiles on first use and
+# fork/join, many times its own work. The parallel one compiles on first use and
 # is not cached: numba's cache key leaves out ``parallel``, so it would collide with the serial.
 step_kernel = njit(cache=True)(_step_copies)
 encode_kernel = njit(cache=True)(_encode_copies)
