@@ -118,7 +118,17 @@ def train_each(models: list) -> None:
 
 
 def fused_train(models: list) -> None:
-    FusedPPO(models).train()
+    """The fused update as it runs here (on CPU: NumPy, gradients by hand)."""
+    fused = FusedPPO(models)
+    assert fused._numpy_activation is not None
+    fused.train()
+
+
+def fused_train_autograd(models: list) -> None:
+    """The fused update by torch's autograd, as it runs on other devices."""
+    fused = FusedPPO(models)
+    fused._numpy_activation = None
+    fused.train()
 
 
 def snapshot(model: PPO) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -134,19 +144,23 @@ def updated(config: LearnerConfig, shares: list[float], update: Callable[[list],
     return models
 
 
+@pytest.mark.parametrize("fused", [fused_train, fused_train_autograd])
 @pytest.mark.parametrize(
     "config",
     [
         LearnerConfig(n_steps=40, batch_size=64, n_epochs=3, net_arch=[32, 16]),
         LearnerConfig(n_steps=40, batch_size=50, n_epochs=2, activation="relu", ent_coef=0.0),
         LearnerConfig(n_steps=30, batch_size=1000, n_epochs=4, normalize_advantage=False),
+        LearnerConfig(n_steps=40, batch_size=64, n_epochs=2, net_arch=[24], clip_range=0.05),
     ],
 )
-def test_fused_ppo_update_equals_sb3_train_of_each_model(config: LearnerConfig) -> None:
+def test_fused_ppo_update_equals_sb3_train_of_each_model(
+    config: LearnerConfig, fused: Callable[[list], None]
+) -> None:
     # Different active shares: the models have different sample and minibatch counts.
     shares = [1.0, 0.55, 0.3]
     want = updated(config, shares, train_each)
-    got = updated(config, shares, fused_train)
+    got = updated(config, shares, fused)
     for theirs, ours in zip(want, got, strict=True):
         (want_params, want_moments), (params, moments) = snapshot(theirs), snapshot(ours)
         assert want_params.keys() == params.keys()
@@ -167,7 +181,8 @@ def test_fused_ppo_update_equals_sb3_train_of_each_model(config: LearnerConfig) 
     )
 
 
-def test_fused_ppo_keeps_learners_independent() -> None:
+@pytest.mark.parametrize("fused_train", [fused_train, fused_train_autograd])
+def test_fused_ppo_keeps_learners_independent(fused_train: Callable[[list], None]) -> None:
     """No gradient crosses models: changing one model's data or parameters leaves the others'
     update exactly as it was, and every model keeps its own parameter tensors."""
     config = LearnerConfig(n_steps=40, batch_size=64, n_epochs=2)
