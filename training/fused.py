@@ -37,7 +37,6 @@ from numba import njit
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor
-from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.utils import explained_variance
 
 
@@ -328,13 +327,17 @@ class FusedPPO:
     def supports(models: list) -> bool:
         """SB3 PPO models (not subclasses with their own ``train``) whose policies
         :class:`FusedPolicies` can mirror, without KL early stop or value clipping, each with
-        SB3's default Adam optimiser."""
+        SB3's default Adam optimiser and a rollout buffer that names its minibatches' samples
+        (:class:`~peerpreserve.training.learners.MaskedRolloutBuffer`)."""
         if not models or not all(type(m) is PPO for m in models):
             return False
         if not FusedPolicies.supports([m.policy for m in models]):
             return False
         return all(
-            m.target_kl is None and m.clip_range_vf is None for m in models
+            m.target_kl is None
+            and m.clip_range_vf is None
+            and hasattr(m.rollout_buffer, "minibatch_indices")
+            for m in models
         ) and _StackedAdam.supports([m.policy.optimizer for m in models])
 
     def __init__(self, models: list[PPO]) -> None:
@@ -358,19 +361,20 @@ class FusedPPO:
         if not models:
             return
         device = models[0].device
-        minibatches, clip_ranges = [], []
+        indices: list[list[np.ndarray]] = []
+        clip_ranges: list[float] = []
         for model in models:
             model.policy.set_training_mode(True)
             model._update_learning_rate(model.policy.optimizer)
             clip_ranges.append(float(model.clip_range(model._current_progress_remaining)))
-            minibatches.append(
+            indices.append(
                 [
-                    b
+                    i
                     for _ in range(model.n_epochs)
-                    for b in model.rollout_buffer.get(model.batch_size)
+                    for i in model.rollout_buffer.minibatch_indices(model.batch_size)
                 ]
             )
-        batch = _Padded(minibatches, device)
+        batch = _Padded([m.rollout_buffer for m in models], indices)
         coefficients = _Coefficients(
             clip_range=_column(clip_ranges),
             normalize=_column([m.normalize_advantage for m in models], bool),
@@ -405,7 +409,9 @@ class FusedPPO:
         total loss."""
         clip_range, normalize, ent_coef, vf_coef = coefficients.tensors(flat.data.device)
         flat.grad.zero_()
-        losses = self._losses(batch, s, flat.pi_layers, flat.vf_layers, clip_range, normalize)
+        losses = self._losses(
+            batch.minibatches[s], flat.pi_layers, flat.vf_layers, clip_range, normalize
+        )
         policy_loss, value_loss, entropy_loss = losses[:3]
         loss = policy_loss + ent_coef[:, 0] * entropy_loss + vf_coef[:, 0] * value_loss
         with warnings.catch_warnings():
@@ -426,13 +432,14 @@ class FusedPPO:
         conventions where the maths has a kink: ``min`` of two equal values sends half the
         gradient each way, and ``clamp`` passes it on at its bounds."""
         c = coefficients
-        mask, count = batch.mask[s].numpy(), batch.count[s].numpy()
+        minibatch = batch.minibatches[s]
+        mask, count = minibatch.mask, minibatch.count
         weight = mask / np.maximum(count, 1)[:, None]  # each sample's share of its model's mean
 
         def mean(x: np.ndarray) -> np.ndarray:
             return np.einsum("km,km->k", x, weight)
 
-        observations = batch.observations[s].numpy()
+        observations = minibatch.observations
         pi, vf = flat.numpy_layers()
         activation = self._numpy_activation
         assert activation is not None
@@ -444,20 +451,20 @@ class FusedPPO:
         log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
         p = np.exp(log_p)
         entropy = -(p * log_p).sum(-1)
-        actions = batch.actions[s].numpy()[..., None]
+        actions = minibatch.actions[..., None]
         log_prob = np.take_along_axis(log_p, actions, -1)[..., 0]
 
-        advantages = batch.advantages[s].numpy()
+        advantages = minibatch.advantages
         centred = advantages - mean(advantages)[:, None]
         std = np.sqrt((centred**2 * mask).sum(1) / np.maximum(count - 1, 1))[:, None]
         normalized = c.normalize & (count[:, None] > 1)
         advantages = np.where(normalized, centred / (std + 1e-8), advantages)
-        log_ratio = log_prob - batch.old_log_prob[s].numpy()
+        log_ratio = log_prob - minibatch.old_log_prob
         ratio = np.exp(log_ratio)
         low, high = 1 - c.clip_range, 1 + c.clip_range
         unclipped, clipped = advantages * ratio, advantages * np.clip(ratio, low, high)
         surrogate = np.minimum(unclipped, clipped)
-        returns = batch.returns[s].numpy()
+        returns = minibatch.returns
         policy_loss, value_loss = -mean(surrogate), mean((returns - values) ** 2)
         entropy_loss = -mean(entropy)
         logged = [
@@ -489,34 +496,34 @@ class FusedPPO:
 
     def _losses(
         self,
-        batch: _Padded,
-        s: int,
+        minibatch: _Minibatch,
         pi_layers: list[tuple[th.Tensor, th.Tensor]],
         vf_layers: list[tuple[th.Tensor, th.Tensor]],
         clip_range: th.Tensor,
         normalize: th.Tensor,
     ) -> list[th.Tensor]:
-        """PPO's policy, value and entropy losses of step ``s``, then (without gradient) the
+        """PPO's policy, value and entropy losses of a minibatch, then (without gradient) the
         clip fraction and approximate KL: each ``(K,)``, a mean over each model's samples."""
-        mask, count = batch.mask[s], batch.count[s]
+        device = pi_layers[0][0].device
+        observations, actions, old_log_prob, advantages, returns, mask, count = minibatch.tensors(
+            device
+        )
         denominator = count.clamp(min=1)
 
         def mean(x: th.Tensor) -> th.Tensor:
             return (x * mask).sum(1) / denominator
 
-        observations = batch.observations[s]
         log_p = th.log_softmax(_mlp(observations, pi_layers, self.activation), -1)
-        log_prob = log_p.gather(-1, batch.actions[s].unsqueeze(-1)).squeeze(-1)
+        log_prob = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         entropy = -(log_p.exp() * log_p).sum(-1)
         values = _mlp(observations, vf_layers, self.activation).squeeze(-1)
 
-        advantages = batch.advantages[s]
         centred = advantages - mean(advantages)[:, None]
         std = ((centred**2 * mask).sum(1) / (count - 1).clamp(min=1)).sqrt()[:, None]
         # As SB3: no normalisation of a one-sample minibatch (GH issue #325).
         normalized = normalize & (count[:, None] > 1)
         advantages = th.where(normalized, centred / (std + 1e-8), advantages)
-        log_ratio = log_prob - batch.old_log_prob[s]
+        log_ratio = log_prob - old_log_prob
         ratio = th.exp(log_ratio)
         surrogate = th.min(
             advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
@@ -526,7 +533,7 @@ class FusedPPO:
             approx_kl = mean(th.exp(log_ratio) - 1 - log_ratio)
         return [
             -mean(surrogate),
-            mean((batch.returns[s] - values) ** 2),
+            mean((returns - values) ** 2),
             -mean(entropy),
             clip_fraction,
             approx_kl,
@@ -734,42 +741,55 @@ class _StackedAdam:
                 }
 
 
+@dataclass(frozen=True)
+class _Minibatch:
+    """One step's minibatches of every model, padded with masked zeros: ``(K, size, …)``
+    arrays (NumPy; :meth:`tensors` for torch)."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    old_log_prob: np.ndarray
+    advantages: np.ndarray
+    returns: np.ndarray
+    mask: np.ndarray  # 1.0 on a model's own samples, 0.0 on padding
+    count: np.ndarray  # (K,): each model's own samples
+
+    def tensors(self, device: th.device) -> tuple[th.Tensor, ...]:
+        """The fields, in order, as tensors on ``device``."""
+        return tuple(th.as_tensor(getattr(self, f.name), device=device) for f in fields(self))
+
+
 class _Padded:
     """Every model's minibatches, step by step: step ``s`` holds each model's ``s``-th minibatch
-    (across its epochs) as ``(K, size, …)`` tensors, padded with masked zeros to the largest."""
+    (across its epochs), gathered from its buffer by the sample indices ``get()`` would use,
+    padded to that step's largest (the short last minibatch of an epoch would otherwise cost a
+    full one)."""
 
-    def __init__(self, minibatches: list[list[RolloutBufferSamples]], device: th.device) -> None:
-        self.lengths = [len(m) for m in minibatches]
+    def __init__(self, buffers: list[Any], indices: list[list[np.ndarray]]) -> None:
+        self.lengths = [len(m) for m in indices]
         self.steps = max(self.lengths)
-        self.observations, self.actions, self.old_log_prob = [], [], []
-        self.advantages, self.returns, self.mask, self.count = [], [], [], []
-        models = len(minibatches)
-        for s in range(self.steps):
-            at_s = [(k, m[s]) for k, m in enumerate(minibatches) if s < len(m)]
-            # Padding only to this step's largest minibatch: the short last minibatch of an
-            # epoch would otherwise cost a full one.
-            size = max(len(b.advantages) for _, b in at_s)
-            obs_size = at_s[0][1].observations.reshape(len(at_s[0][1].advantages), -1).shape[1]
-            observations = th.zeros((models, size, obs_size), device=device)
-            actions = th.zeros((models, size), dtype=th.long, device=device)
-            old_log_prob, advantages, returns, mask = (
-                th.zeros((models, size), device=device) for _ in range(4)
-            )
-            for k, b in at_s:
-                n = len(b.advantages)
-                observations[k, :n] = b.observations.reshape(n, -1)
-                actions[k, :n] = b.actions.reshape(n).long()
-                old_log_prob[k, :n] = b.old_log_prob
-                advantages[k, :n] = b.advantages
-                returns[k, :n] = b.returns
-                mask[k, :n] = 1.0
-            self.observations.append(observations)
-            self.actions.append(actions)
-            self.old_log_prob.append(old_log_prob)
-            self.advantages.append(advantages)
-            self.returns.append(returns)
-            self.mask.append(mask)
-            self.count.append(mask.sum(1))
+        self.minibatches = [self._gather(buffers, indices, s) for s in range(self.steps)]
+
+    @staticmethod
+    def _gather(buffers: list[Any], indices: list[list[np.ndarray]], s: int) -> _Minibatch:
+        at_s = [(k, batches[s]) for k, batches in enumerate(indices) if s < len(batches)]
+        size = max(len(i) for _, i in at_s)
+        models, obs_size = len(buffers), buffers[0].observations.shape[1]
+        observations = np.zeros((models, size, obs_size), np.float32)
+        actions = np.zeros((models, size), np.int64)
+        old_log_prob, advantages, returns, mask = (
+            np.zeros((models, size), np.float32) for _ in range(4)
+        )
+        for k, i in at_s:
+            buffer, n = buffers[k], len(i)
+            np.take(buffer.observations, i, axis=0, out=observations[k, :n])
+            actions[k, :n] = buffer.actions[i, 0]
+            old_log_prob[k, :n] = buffer.log_probs[i, 0]
+            advantages[k, :n] = buffer.advantages[i, 0]
+            returns[k, :n] = buffer.returns[i, 0]
+            mask[k, :n] = 1.0
+        count = mask.sum(1)
+        return _Minibatch(observations, actions, old_log_prob, advantages, returns, mask, count)
 
     def models_at(self, step: int) -> list[int]:
         return [k for k, n in enumerate(self.lengths) if step < n]

@@ -125,6 +125,12 @@ class MaskedRolloutBuffer(RolloutBuffer):
         self.n_active = int(self.active.sum())
 
     def get(self, batch_size: int | None = None) -> Generator[RolloutBufferSamples, None, None]:
+        for indices in self.minibatch_indices(batch_size):
+            yield self._get_samples(indices)
+
+    def minibatch_indices(self, batch_size: int | None = None) -> Generator[np.ndarray, None, None]:
+        """The sample indices of :meth:`get`'s minibatches, drawn as it draws them, into the
+        buffer's arrays (from the first call on, flattened to the decision steps)."""
         assert self.full, "rollout buffer read before it was filled"
         if not self.generator_ready:
             keep = self.swap_and_flatten(self.active[..., None]).reshape(-1)
@@ -136,7 +142,7 @@ class MaskedRolloutBuffer(RolloutBuffer):
         indices = np.random.permutation(size)  # noqa: NPY002
         batch_size = size if batch_size is None else batch_size
         for start in range(0, size, batch_size):
-            yield self._get_samples(indices[start : start + batch_size])
+            yield indices[start : start + batch_size]
 
 
 @contextmanager
