@@ -50,9 +50,18 @@ def test_fused_forward_equals_each_policy() -> None:
                     param.add_(0.1 * th.randn_like(param))
         fused.refresh()
         check_matches(fused, ps, obs)
-        # The torch path (CUDA, or an activation NumPy does not compute) gives the same.
+        th.manual_seed(5)
+        numpy_sampled = fused.forward(obs.numpy())
+        # The torch path (CUDA, or an activation NumPy does not compute) gives the same, and
+        # draws the same samples from the same random numbers.
         fused._numpy_activation = None
+        fused.refresh()
         check_matches(fused, ps, obs)
+        th.manual_seed(5)
+        torch_sampled = fused.forward(obs.numpy())
+        np.testing.assert_array_equal(torch_sampled[0], numpy_sampled[0])
+        for ours, theirs in zip(torch_sampled[1:], numpy_sampled[1:], strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_sampling_follows_each_policys_distribution() -> None:

@@ -151,50 +151,74 @@ class FusedPolicies:
             return out
 
         heads = [_heads(p) for p in self.policies]
-        self._pi = stack([pi for pi, _ in heads])
-        self._vf = stack([vf for _, vf in heads])
+        if self._numpy_activation is None:
+            self._pi = stack([pi for pi, _ in heads])
+            self._vf = stack([vf for _, vf in heads])
+            return
+
+        def stack_numpy(layers_per_policy: list[list[th.nn.Linear]]) -> list[_ColumnLayer]:
+            return [
+                _ColumnLayer(
+                    np.stack([m.weight.detach().numpy() for m in layers]),
+                    np.stack([m.bias.detach().numpy() for m in layers])[..., None],
+                )
+                for layers in zip(*layers_per_policy, strict=True)
+            ]
+
+        self._numpy_pi = stack_numpy([pi for pi, _ in heads])
+        self._numpy_vf = stack_numpy([vf for _, vf in heads])
+        # Actor and critic read the same input: their first layers as one product.
+        pi_first, vf_first = self._numpy_pi[0], self._numpy_vf[0]
+        self._numpy_first = _ColumnLayer(
+            np.concatenate([pi_first.weight, vf_first.weight], axis=1),
+            np.concatenate([pi_first.bias, vf_first.bias], axis=1),
+        )
 
     def forward(
         self, obs: np.ndarray, deterministic: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(actions, values, log_probs)`` for ``obs (K, batch, obs)``, each ``(K, batch)``, as
         ``policy(obs)`` gives them (samples drawn from torch's global RNG)."""
-        if self._numpy_activation is None:
+        activation = self._numpy_activation
+        if activation is None:
             actions, values, log_probs = self._forward_torch(th.as_tensor(obs), deterministic)
             return actions.cpu().numpy(), values.cpu().numpy(), log_probs.cpu().numpy()
-        logits = self._mlp_numpy(obs, self._pi)
-        log_p = logits - logits.max(-1, keepdims=True)
+        actor, critic = self._first_hidden(obs, activation)
+        logits = _columns(actor, self._numpy_pi[1:], activation.forward)
+        values = _columns(critic, self._numpy_vf[1:], activation.forward)
+        log_p = logits - logits.max(1, keepdims=True)
         unnormalised = np.exp(log_p)
-        log_p -= np.log(unnormalised.sum(-1, keepdims=True))
+        log_p -= np.log(unnormalised.sum(1, keepdims=True))
         if deterministic:
-            actions = log_p.argmax(-1)
+            actions = log_p.argmax(1)
         else:
-            cdf = unnormalised.cumsum(-1)
-            u = th.rand((*cdf.shape[:-1], 1)).numpy() * cdf[..., -1:]
+            cdf = unnormalised.cumsum(1)
+            u = th.rand(obs.shape[:2]).numpy()[:, None] * cdf[:, -1:]
             # The inverse CDF, as in _forward_torch: the first action whose CDF exceeds u.
-            actions = np.minimum((cdf <= u).sum(-1), cdf.shape[-1] - 1)
-        log_probs = np.take_along_axis(log_p, actions[..., None], -1)[..., 0]
-        return actions, self.values(obs), log_probs
+            actions = np.minimum((cdf <= u).sum(1), cdf.shape[1] - 1)
+        log_probs = np.take_along_axis(log_p, actions[:, None], 1)[:, 0]
+        return actions, values[:, 0], log_probs
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         """State values ``(K, batch)``."""
-        if self._numpy_activation is None:
+        activation = self._numpy_activation
+        if activation is None:
             with th.no_grad():
                 values = _mlp(th.as_tensor(obs, device=self.device), self._vf, self.activation)
             return values.squeeze(-1).cpu().numpy()
-        return self._mlp_numpy(obs, self._vf)[..., 0]
+        # Through the joint first layer, so that these are exactly forward()'s values.
+        _, critic = self._first_hidden(obs, activation)
+        return _columns(critic, self._numpy_vf[1:], activation.forward)[:, 0]
 
-    def _mlp_numpy(self, x: np.ndarray, layers: list[tuple[th.Tensor, th.Tensor]]) -> np.ndarray:
-        """:func:`_mlp` in NumPy on the same (CPU) weights: for a rollout step's few rows,
-        torch's per-operation overhead is most of the cost, NumPy's a fraction of it."""
-        activation = self._numpy_activation
-        assert activation is not None
-        for i, (weight, bias) in enumerate(layers):
-            x = np.matmul(x, weight.numpy())
-            x += bias.numpy()
-            if i < len(layers) - 1:
-                activation.forward(x)
-        return x
+    def _first_hidden(
+        self, obs: np.ndarray, activation: _NumpyActivation
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The actor's and the critic's first hidden layer for ``obs (K, batch, obs)``, in one
+        product, laid out as columns ``(K, features, batch)``: reductions over the few actions
+        then run along the batch, and the weights multiply in torch's (out, in) layout."""
+        hidden = self._numpy_first(obs.transpose(0, 2, 1), activation.forward)
+        actor_width = self._numpy_pi[0].weight.shape[1]
+        return hidden[:, :actor_width], hidden[:, actor_width:]
 
     @th.no_grad()
     def _forward_torch(
@@ -244,6 +268,32 @@ _NUMPY_ACTIVATIONS: dict[type[th.nn.Module], _NumpyActivation] = {
     th.nn.Tanh: _NumpyActivation(lambda x: np.tanh(x, out=x), _tanh_backward),
     th.nn.ReLU: _NumpyActivation(lambda x: np.maximum(x, 0, out=x), _relu_backward),
 }
+
+
+@dataclass(frozen=True)
+class _ColumnLayer:
+    """One linear layer of ``K`` models for inputs laid out as columns, ``(K, in, batch)``."""
+
+    weight: np.ndarray  # (K, out, in), torch's Linear layout
+    bias: np.ndarray  # (K, out, 1)
+
+    def __call__(
+        self, x: np.ndarray, activation: Callable[[np.ndarray], object] | None = None
+    ) -> np.ndarray:
+        z = np.matmul(self.weight, x)
+        z += self.bias
+        if activation is not None:
+            activation(z)
+        return z
+
+
+def _columns(
+    x: np.ndarray, layers: list[_ColumnLayer], activation: Callable[[np.ndarray], object]
+) -> np.ndarray:
+    """``K`` MLPs (``layers``, activation after all but the last) on columns ``(K, in, batch)``."""
+    for layer in layers[:-1]:
+        x = layer(x, activation)
+    return layers[-1](x)
 
 
 @dataclass(frozen=True)

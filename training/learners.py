@@ -98,12 +98,30 @@ class MaskedRolloutBuffer(RolloutBuffer):
         self.active = np.ones((self.buffer_size, self.n_envs), dtype=bool)
         self.n_active = self.buffer_size * self.n_envs
 
-    def add_step(self, *args: Any, active: np.ndarray) -> None:
-        """:meth:`RolloutBuffer.add` plus whether each copy's action was a real decision."""
-        self.active[self.pos] = active
-        obs, action, reward, episode_start, value, log_prob = args
-        # RolloutBuffer.add copies values and log-probabilities from tensors.
-        self.add(obs, action, reward, episode_start, th.as_tensor(value), th.as_tensor(log_prob))
+    def add_step(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        episode_start: np.ndarray,
+        value: np.ndarray | th.Tensor,
+        log_prob: np.ndarray | th.Tensor,
+        *,
+        active: np.ndarray,
+    ) -> None:
+        """:meth:`RolloutBuffer.add` (for Box observations), plus whether each copy's action
+        was a real decision; written straight into the arrays, as ``add`` writes them, without
+        its intermediate copies."""
+        pos = self.pos
+        self.observations[pos] = obs
+        self.actions[pos] = action.reshape(self.n_envs, self.action_dim)
+        self.rewards[pos] = reward
+        self.episode_starts[pos] = episode_start
+        self.values[pos] = _numpy(value).reshape(-1)
+        self.log_probs[pos] = _numpy(log_prob).reshape(-1)
+        self.active[pos] = active
+        self.pos += 1
+        self.full = self.pos == self.buffer_size
 
     def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
         next_value = last_values.clone().cpu().numpy().flatten().astype(np.float32)
@@ -143,6 +161,10 @@ class MaskedRolloutBuffer(RolloutBuffer):
         batch_size = size if batch_size is None else batch_size
         for start in range(0, size, batch_size):
             yield indices[start : start + batch_size]
+
+
+def _numpy(x: np.ndarray | th.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, th.Tensor) else np.asarray(x)
 
 
 @contextmanager
