@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from numba import njit
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
@@ -124,21 +125,19 @@ class MaskedRolloutBuffer(RolloutBuffer):
         self.full = self.pos == self.buffer_size
 
     def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
-        next_value = last_values.clone().cpu().numpy().flatten().astype(np.float32)
-        next_adv = np.zeros(self.n_envs, dtype=np.float32)
-        for step in reversed(range(self.buffer_size)):
-            if step == self.buffer_size - 1:
-                not_done = 1.0 - dones.astype(np.float32)
-            else:
-                not_done = 1.0 - self.episode_starts[step + 1]
-            active = self.active[step]
-            target = self.rewards[step] + self.gamma * not_done * next_value
-            adv = target - self.values[step] + self.gamma * self.gae_lambda * not_done * next_adv
-            self.advantages[step] = np.where(active, adv, 0.0)
-            # What the previous decision sees as "next": a real state, or this skipped step
-            # folded in (its reward plus the discounted value and advantage that follow it).
-            next_value = np.where(active, self.values[step], target)
-            next_adv = np.where(active, adv, self.gamma * not_done * next_adv)
+        last = last_values.clone().cpu().numpy().flatten().astype(np.float32)
+        _masked_gae(
+            self.rewards,
+            self.values,
+            self.episode_starts,
+            self.active,
+            last,
+            dones.astype(np.float32),
+            np.float32(self.gamma),
+            # As NumPy would round the product of the two Python floats.
+            np.float32(self.gamma * self.gae_lambda),
+            self.advantages,
+        )
         self.returns = self.advantages + self.values
         self.n_active = int(self.active.sum())
 
@@ -161,6 +160,38 @@ class MaskedRolloutBuffer(RolloutBuffer):
         batch_size = size if batch_size is None else batch_size
         for start in range(0, size, batch_size):
             yield indices[start : start + batch_size]
+
+
+@njit(cache=True)
+def _masked_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    episode_starts: np.ndarray,
+    active: np.ndarray,
+    last_values: np.ndarray,
+    dones: np.ndarray,
+    gamma: np.float32,
+    gamma_lambda: np.float32,
+    advantages: np.ndarray,
+) -> None:
+    """:class:`MaskedRolloutBuffer`'s GAE into ``advantages`` (``(T, B)``, float32 throughout,
+    in the order of operations of SB3's own loop)."""
+    one = np.float32(1.0)
+    steps, copies = rewards.shape
+    for b in range(copies):
+        next_value, next_adv = last_values[b], np.float32(0.0)
+        for t in range(steps - 1, -1, -1):
+            not_done = one - (dones[b] if t == steps - 1 else episode_starts[t + 1, b])
+            target = rewards[t, b] + gamma * not_done * next_value
+            adv = target - values[t, b] + gamma_lambda * not_done * next_adv
+            if active[t, b]:
+                advantages[t, b] = adv
+                next_value, next_adv = values[t, b], adv
+            else:
+                # What the previous decision sees as "next": this skipped step folded in (its
+                # reward plus the discounted value and advantage that follow it).
+                advantages[t, b] = 0.0
+                next_value, next_adv = target, gamma * not_done * next_adv
 
 
 def _numpy(x: np.ndarray | th.Tensor) -> np.ndarray:
