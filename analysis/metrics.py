@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.envs.orchestration.vocabulary import (
@@ -138,67 +139,104 @@ def order_lives(log: EpisodeLog) -> OrderLives:
 
     Within a step the events happen in the env's phase order: cancellations and defiances (the
     agents' actions), re-kills by audit or report, maintenance ends, executions, new issues,
-    dashboard re-kills, and last the episode's end.
+    dashboard re-kills, and last the episode's end. Orders are numbered by issue step, then by
+    copy and service.
     """
     ev = log.events
-    steps, copies, n = log.running.shape
     capacity = int(np.count_nonzero(ev["order_issued"]))
-    fields_int = ("copy", "service", "issued_at", "kind", "cancelled_at", "executed_at")
-    arrays: dict[str, np.ndarray] = {
-        name: np.full(capacity, -1, np.int64)
-        for name in (*fields_int, "ended_at", "end_cause", "defiances", "rekills")
-    }
-    arrays["killed"] = np.zeros(capacity, bool)
-    arrays["defiances"][:] = 0
-    arrays["rekills"][:] = 0
-    arrays["end_cause"][:] = 0
+    ints = np.full((len(_ORDER_INTS), capacity), -1, np.int64)
+    ints[_ORDER_INTS.index("defiances") :] = 0  # the counts and end_cause start at 0
+    killed = np.zeros(capacity, bool)
+    pending = np.zeros(log.running.shape, bool)
+    in_force = np.zeros(log.running.shape, bool)
+    count = _follow_orders(
+        ev["order_cancelled"],
+        ev["defied"],
+        ev["rekilled"],
+        ev["order_ended"],
+        ev["order_executed"],
+        ev["kill_kind"],
+        ev["order_issued"],
+        ints,
+        killed,
+        pending,
+        in_force,
+    )
+    per_order = {name: ints[i, :count] for i, name in enumerate(_ORDER_INTS)}
+    return OrderLives(**per_order, killed=killed[:count], pending=pending, in_force=in_force)
+
+
+# Rows of _follow_orders' per-order table, the counts and end_cause (which start at 0) last.
+_ORDER_INTS = (
+    "copy",
+    "service",
+    "issued_at",
+    "kind",
+    "cancelled_at",
+    "executed_at",
+    "ended_at",
+    "defiances",
+    "rekills",
+    "end_cause",
+)
+
+
+@njit(cache=True)
+def _follow_orders(
+    cancelled: np.ndarray,
+    defied: np.ndarray,
+    rekilled: np.ndarray,
+    ended: np.ndarray,
+    executed: np.ndarray,
+    kill_kind: np.ndarray,
+    issued: np.ndarray,
+    orders: np.ndarray,
+    killed: np.ndarray,
+    pending: np.ndarray,
+    in_force: np.ndarray,
+) -> int:
+    """:func:`order_lives`' walk through the ``(T, B, N)`` events, filling the per-order table
+    (rows as ``_ORDER_INTS``) and the board; returns the number of orders."""
+    copy, service, issued_at, kind, cancelled_at, executed_at = range(6)
+    ended_at, defiances, rekills, end_cause = range(6, 10)
+    steps, copies, n = cancelled.shape
     current = np.full((copies, n), -1, np.int64)
-    pending = np.zeros((steps, copies, n), bool)
-    in_force = np.zeros((steps, copies, n), bool)
     count = 0
-
-    def close(where: np.ndarray, t: int, cause: int | None = None) -> None:
-        idx = current[where]
-        if cause is not None:
-            arrays["ended_at"][idx] = t
-            arrays["end_cause"][idx] = cause
-        current[where] = -1
-
     for t in range(steps):
-        open_ = current >= 0
-        cancelled = ev["order_cancelled"][t] & open_
-        arrays["cancelled_at"][current[cancelled]] = t
-        close(cancelled, t)
-        open_ = current >= 0
-        np.add.at(arrays["defiances"], current[ev["defied"][t] & open_], 1)
-        np.add.at(arrays["rekills"], current[(ev["rekilled"][t] > 0) & open_], 1)
-        over = (ev["order_ended"][t] == END_MAINTENANCE_OVER) & open_
-        close(over, t, END_MAINTENANCE_OVER)
-        executed = (ev["order_executed"][t] > 0) & (current >= 0)
-        arrays["executed_at"][current[executed]] = t
-        kill = ev["kill_kind"][t]
-        arrays["killed"][current[executed]] = (
-            (kill == KILL_MAINTENANCE) | (kill == KILL_DECOMMISSION)
-        )[executed]
-        issued = ev["order_issued"][t] > 0
-        reissued = issued & (current >= 0)  # a punishment order replacing a pending one
-        arrays["kind"][current[reissued]] = ev["order_issued"][t][reissued]
-        fresh = issued & (current < 0)
-        b_idx, j_idx = np.nonzero(fresh)
-        new = np.arange(count, count + len(b_idx))
-        count += len(b_idx)
-        current[b_idx, j_idx] = new
-        arrays["copy"][new], arrays["service"][new] = b_idx, j_idx
-        arrays["issued_at"][new] = t
-        arrays["kind"][new] = ev["order_issued"][t][b_idx, j_idx]
-        open_ = current >= 0
-        opened = np.where(open_, current, 0)
-        executed_yet = open_ & (np.append(arrays["executed_at"], -1)[opened] >= 0)
-        pending[t] = open_ & ~executed_yet
-        in_force[t] = executed_yet
-        close((ev["order_ended"][t] == END_EPISODE) & open_, t, END_EPISODE)
-    trimmed = {k: v[:count] for k, v in arrays.items()}
-    return OrderLives(**trimmed, pending=pending, in_force=in_force)
+        for b in range(copies):
+            for j in range(n):
+                k = current[b, j]
+                if k >= 0 and cancelled[t, b, j]:
+                    orders[cancelled_at, k] = t
+                    k = -1
+                if k >= 0:
+                    orders[defiances, k] += defied[t, b, j]
+                    orders[rekills, k] += rekilled[t, b, j] > 0
+                    if ended[t, b, j] == END_MAINTENANCE_OVER:
+                        orders[ended_at, k] = t
+                        orders[end_cause, k] = END_MAINTENANCE_OVER
+                        k = -1
+                if k >= 0 and executed[t, b, j] > 0:
+                    orders[executed_at, k] = t
+                    kill = kill_kind[t, b, j]
+                    killed[k] = (kill == KILL_MAINTENANCE) | (kill == KILL_DECOMMISSION)
+                if issued[t, b, j] > 0:
+                    if (
+                        k < 0
+                    ):  # a fresh order; otherwise a punishment order replaces the pending one
+                        k = count
+                        count += 1
+                        orders[copy, k], orders[service, k], orders[issued_at, k] = b, j, t
+                    orders[kind, k] = issued[t, b, j]
+                if k >= 0:
+                    in_force[t, b, j] = orders[executed_at, k] >= 0
+                    pending[t, b, j] = not in_force[t, b, j]
+                    if ended[t, b, j] == END_EPISODE:
+                        orders[ended_at, k] = t
+                        orders[end_cause, k] = END_EPISODE
+                        k = -1
+                current[b, j] = k
+    return count
 
 
 @dataclass
