@@ -496,13 +496,19 @@ class FusedPPO:
         pi_inputs, logits = _numpy_forward(observations, pi, activation.forward)
         vf_inputs, values = _numpy_forward(observations, vf, activation.forward)
         values = values[..., 0]
-        # log_softmax, its probabilities and their entropy, as _losses computes them.
-        log_p = logits - logits.max(-1, keepdims=True)
-        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+        # log_softmax, its probabilities and their entropy, as _losses computes them; sums over
+        # the few actions as products with ones (BLAS), which NumPy's own sums are slow at.
+        ones = np.ones(logits.shape[-1], np.float32)
+        log_p = logits
+        log_p -= log_p.max(-1, keepdims=True)
         p = np.exp(log_p)
-        entropy = -(p * log_p).sum(-1)
-        actions = minibatch.actions[..., None]
-        log_prob = np.take_along_axis(log_p, actions, -1)[..., 0]
+        log_p -= np.log(p @ ones)[..., None]
+        np.exp(log_p, out=p)
+        entropy = -((p * log_p) @ ones)
+        # Each sample's own action, as a flat index into the (K · batch, actions) rows.
+        actions_size = minibatch.actions.size
+        taken = np.arange(actions_size), minibatch.actions.reshape(-1)
+        log_prob = log_p.reshape(actions_size, -1)[taken].reshape(minibatch.actions.shape)
 
         advantages = minibatch.advantages
         centred = advantages - mean(advantages)[:, None]
@@ -527,21 +533,23 @@ class FusedPPO:
         ]
 
         # d(surrogate)/d(ratio): torch's min splits a tie, clamp passes its bounds.
-        share = np.where(unclipped < clipped, 1.0, np.where(unclipped == clipped, 0.5, 0.0))
+        one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
+        share = np.where(unclipped < clipped, one, np.where(unclipped == clipped, half, zero))
         inside = (ratio >= low) & (ratio <= high)
         d_ratio = advantages * (share + (1 - share) * inside)
         d_log_prob = -weight * d_ratio * ratio  # through -mean(surrogate)
         d_entropy = -c.ent_coef * weight  # through ent_coef · -mean(entropy)
-        # d log_prob/d logits = onehot(action) - p;  d entropy/d logits = -p (log p + entropy).
-        d_logits = -p * (
-            d_log_prob[..., None] + d_entropy[..., None] * (log_p + entropy[..., None])
-        )
-        np.put_along_axis(
-            d_logits, actions, np.take_along_axis(d_logits, actions, -1) + d_log_prob[..., None], -1
-        )
+        # d log_prob/d logits = onehot(action) - p;  d entropy/d logits = -p (log p + entropy):
+        # d logits = -p (d_log_prob + d_entropy · (log p + entropy)), in place of log_p.
+        d_logits = log_p
+        d_logits *= d_entropy[..., None]
+        d_logits += (d_log_prob + d_entropy * entropy)[..., None]
+        d_logits *= p
+        np.negative(d_logits, out=d_logits)
+        d_logits.reshape(actions_size, -1)[taken] += d_log_prob.reshape(-1)
         d_values = (c.vf_coef * -2 * weight * (returns - values))[..., None]
-        _numpy_backward(pi_inputs, pi, d_logits.astype(np.float32), activation.backward)
-        _numpy_backward(vf_inputs, vf, d_values.astype(np.float32), activation.backward)
+        _numpy_backward(pi_inputs, pi, d_logits, activation.backward)
+        _numpy_backward(vf_inputs, vf, d_values, activation.backward)
         return np.stack(logged).astype(np.float32)
 
     def _losses(
