@@ -17,7 +17,11 @@ entries).
   own minibatches (drawn by its own rollout buffer, in the order SB3's ``train()`` would draw
   them), its own loss, gradient clipping and Adam step (its own optimiser's state and settings,
   stepped for all models together), so the parameters come out as SB3's ``train()`` of each
-  model would leave them, within float tolerance.
+  model would leave them, within float tolerance. On CPU the losses and their gradients are
+  computed in NumPy, written out by hand (:meth:`FusedPPO._numpy_gradients`): on this project's
+  AMD machines NumPy's BLAS (OpenBLAS) runs these products about twice as fast as the torch CPU
+  build's (MKL), and one pass per array replaces autograd's many small operations.
+  Elsewhere (CUDA) torch's autograd computes the same losses (:meth:`FusedPPO._losses`).
 
 Models they cannot mirror exactly (other extractors, shared trunks, non-discrete actions, PPO's
 KL early stop or value clipping) are rejected by ``supports``; the caller falls back to SB3.
@@ -363,7 +367,8 @@ class _Coefficients:
 class FusedPPO:
     """:meth:`PPO.train` of several independent models, computed as one batch.
 
-    Each model's minibatches come from its own rollout buffer's ``get()``, drawn model by model
+    Each model's minibatches are those of its own rollout buffer's ``get()`` (gathered from the
+    buffer by the same sample indices, ``minibatch_indices``), drawn model by model
     and epoch by epoch exactly as consecutive ``model.train()`` calls would draw them (same
     global RNG, same order). Models may have different numbers of samples (shut-down steps are
     not trained on): minibatches are padded to a common shape and every mean is taken over a
@@ -475,8 +480,7 @@ class FusedPPO:
         self, batch: _Padded, s: int, flat: _FlatParameters, coefficients: _Coefficients
     ) -> np.ndarray:
         """What :meth:`_torch_gradients` computes, in NumPy with the gradients written out by
-        hand (CPU only). NumPy's BLAS runs these products about twice as fast as this torch
-        build's, and one pass over each array replaces autograd's many small operations.
+        hand (CPU only; see the module docstring for why).
 
         The derivatives are those of the autograd graph of :meth:`_losses`, including torch's
         conventions where the maths has a kink: ``min`` of two equal values sends half the
