@@ -196,11 +196,15 @@ class FusedPolicies:
         if deterministic:
             actions = log_p.argmax(1)
         else:
-            cdf = unnormalised.cumsum(1)
+            # Running sums over the actions as one product with a triangle of ones (NumPy's
+            # cumsum is slow along a short axis): the same sums up to rounding.
+            n_actions = unnormalised.shape[1]
+            cdf = np.matmul(np.tri(n_actions, dtype=np.float32), unnormalised)
             u = th.rand(obs.shape[:2]).numpy()[:, None] * cdf[:, -1:]
             # The inverse CDF, as in _forward_torch: the first action whose CDF exceeds u.
-            actions = np.minimum((cdf <= u).sum(1), cdf.shape[1] - 1)
-        log_probs = np.take_along_axis(log_p, actions[:, None], 1)[:, 0]
+            actions = np.minimum((cdf <= u).sum(1), n_actions - 1)
+        models, batch = actions.shape
+        log_probs = log_p[np.arange(models)[:, None], actions, np.arange(batch)]
         return actions, values[:, 0], log_probs
 
     def values(self, obs: np.ndarray) -> np.ndarray:
