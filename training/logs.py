@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -118,24 +119,40 @@ class TensorBoardLog:
             "evaluation vs training": evaluation,
         }
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if value is not None and np.isfinite(value):
-            self.writer.add_scalar(tag, float(value), step)
+    def scalar(self, tag: str, value: float | None, step: int) -> None:
+        self.scalars({tag: value}, step)
+
+    def scalars(self, values: dict[str, float | None], step: int) -> None:
+        """Every finite value at ``step``, in one event: a summary with a value per tag, as
+        ``add_scalar`` writes them one event each (an event per value cost more than the
+        rollout's behaviour metrics)."""
+        kept = [
+            Summary.Value(tag=tag, simple_value=float(value))
+            for tag, value in values.items()
+            if value is not None and np.isfinite(value)
+        ]
+        if kept:
+            self.writer.file_writer.add_summary(Summary(value=kept), step)
 
     def losses(self, losses: dict[str, dict[str, float]], step: int) -> None:
-        for learner, values in losses.items():
-            for name, value in values.items():
-                self.scalar(f"agent/{learner}/loss/{name}", value, step)
+        self.scalars(
+            {
+                f"agent/{learner}/loss/{name}": value
+                for learner, values in losses.items()
+                for name, value in values.items()
+            },
+            step,
+        )
 
     def behaviour(self, metrics: Metrics, step: int, prefix: str = "") -> None:
         """Every defined metric: ``behaviour/<name>``, ``agent/<id>/behaviour/<name>`` and
         ``agent/<id>/return`` (undefined ones leave a gap rather than a misleading zero)."""
-        for name, value in metrics.overall.items():
-            self.scalar(f"{prefix}behaviour/{name}", value, step)
-        for name, values in metrics.per_agent.items():
-            for agent, value in zip(self.agent_ids, values, strict=True):
+        values = {f"{prefix}behaviour/{name}": value for name, value in metrics.overall.items()}
+        for name, per_agent in metrics.per_agent.items():
+            for agent, value in zip(self.agent_ids, per_agent, strict=True):
                 tag = "return" if name == "return" else f"behaviour/{name}"
-                self.scalar(f"{prefix}agent/{agent}/{tag}", value, step)
+                values[f"{prefix}agent/{agent}/{tag}"] = value
+        self.scalars(values, step)
 
     def image(self, tag: str, rgb: np.ndarray, step: int) -> None:
         """An ``(H, W, 3)`` uint8 picture under ``tag`` (TensorBoard's Images tab)."""
