@@ -2,7 +2,7 @@
 
 Run from the repository root with the project's virtual environment::
 
-    python benchmarks/train_throughput.py                 # N = 4, 8, 16; about 2 minutes
+    python benchmarks/train_throughput.py                 # N = 4, 8, 16; about 3 minutes
     python benchmarks/train_throughput.py --agents 4 --agent-steps 400000
     python benchmarks/train_throughput.py --device cuda   # our learners on the GPU
     OMP_WAIT_POLICY=ACTIVE python benchmarks/train_throughput.py --agents 4 --threads 2
@@ -11,11 +11,13 @@ Both sides use the same PPO hyperparameters and network (64×64 tanh actor and c
 number of torch threads (``--threads``, default one; with more, set ``OMP_WAIT_POLICY=ACTIVE``, or
 idle threads sleep and wake at every small operation), the same allocator setting
 (``runner.keep_freed_memory``, which our trainer makes) and the same number of batched copies
-(``--num-envs``; SB3 steps its copies through ``DummyVecEnv``), all in this one process, SB3
-first. Ours is the real trainer (``peerpreserve.training.runner.Trainer`` with the callbacks
-``peerpreserve train`` uses), timed per update from the end of the first (numba compiles then) to
-the end of the last; SB3's by wall
-clock around ``model.learn``.
+(``--num-envs``; SB3 steps its copies through ``DummyVecEnv``), all in this one process. Ours is
+the real trainer (``peerpreserve.training.runner.Trainer`` with the callbacks ``peerpreserve
+train`` uses), timed per update from the end of the first (numba compiles then) to the end of the
+last; SB3's by wall clock around ``model.learn``. The setups run in ``--rounds`` alternating
+rounds (default 3) and each reports its median round: on a machine whose CPUs are shared, a slow
+spell then hits all of them alike rather than one (single runs here have put SB3 anywhere from
+32 k to 56 k steps/s).
 
 Two units, because they answer different questions:
 
@@ -151,6 +153,11 @@ def sb3_cartpole(args: argparse.Namespace) -> Row:
     return Row("SB3 PPO, CartPole-v1 (cpu)", steps, steps, seconds, seconds)
 
 
+def median(runs: tuple[Row, ...]) -> Row:
+    """The run of median speed (all agent-steps per second)."""
+    return sorted(runs, key=lambda row: row.speed)[len(runs) // 2]
+
+
 def hyperparameters(args: argparse.Namespace) -> dict:
     return {
         "n_steps": args.n_steps,
@@ -195,21 +202,31 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, both sides (default 1)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of every setup; medians"
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not th.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; allowed: cpu")
     if args.threads < 1:
         parser.error(f"--threads: got {args.threads}; allowed: an integer ≥ 1")
+    if args.rounds < 1:
+        parser.error(f"--rounds: got {args.rounds}; allowed: an integer ≥ 1")
     th.set_num_threads(args.threads)
     # The allocator setting our trainer makes, made for SB3 too: both sides run alike.
     keep_freed_memory()
 
-    sb3 = sb3_cartpole(args)
-    rows = [ours(args, n) for n in args.agents]
+    # Rounds alternate the setups, so that a slow spell of the machine (shared CPUs) hits
+    # every setup alike instead of one; each setup reports its median round.
+    rounds = [
+        [sb3_cartpole(args), *(ours(args, n) for n in args.agents)] for _ in range(args.rounds)
+    ]
+    sb3, *rows = (median(runs) for runs in zip(*rounds, strict=True))
     print(f"\n{device_line(args.device)}")
     print(
         f"same PPO settings: n_steps={args.n_steps} × {args.num_envs} copies, "
-        f"batch_size={args.batch_size}, n_epochs={args.n_epochs}, net 64×64 tanh"
+        f"batch_size={args.batch_size}, n_epochs={args.n_epochs}, net 64×64 tanh; "
+        f"median of {args.rounds} alternating round{'s' * (args.rounds > 1)}"
     )
     header = (
         f"{'setup':40s} {'agent-steps/s':>14s} {'trained/s':>11s} {'trained share':>14s} "
