@@ -49,9 +49,10 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch as th
+from threadpoolctl import threadpool_info
 
 from peerpreserve.training.callbacks import Callback, RolloutEnd, default_callbacks
-from peerpreserve.training.runner import keep_freed_memory
+from peerpreserve.training.runner import keep_freed_memory, limit_threads
 
 BAR_AGENT_STEPS = 150_000
 BAR_TRAINED_RATIO = 2.5
@@ -181,9 +182,15 @@ def device_line(device: str) -> str:
         line += f" ({th.cuda.get_device_name(0)})"
     threads = th.get_num_threads()
     wait = os.environ.get("OMP_WAIT_POLICY", "unset")
+    blas = ", ".join(
+        f"{pool['internal_api']} {pool['num_threads']}"
+        for pool in threadpool_info()
+        if pool["user_api"] == "blas"
+    )
     return (
         f"{line}; cpu: {cpu}, {threads} torch thread{'s' * (threads > 1)} "
-        f"(OMP_WAIT_POLICY {wait}); torch {th.__version__}"
+        f"(OMP_WAIT_POLICY {wait}), NumPy's BLAS threads: {blas or 'none found'}; "
+        f"torch {th.__version__}"
     )
 
 
@@ -212,8 +219,9 @@ def main() -> None:
         parser.error(f"--threads: got {args.threads}; allowed: an integer ≥ 1")
     if args.rounds < 1:
         parser.error(f"--rounds: got {args.rounds}; allowed: an integer ≥ 1")
-    th.set_num_threads(args.threads)
-    # The allocator setting our trainer makes, made for SB3 too: both sides run alike.
+    # The thread limits (torch and NumPy's BLAS) and allocator setting our trainer makes, made
+    # for SB3 too: both sides run alike.
+    limit_threads(args.threads)
     keep_freed_memory()
 
     # Rounds alternate the setups, so that a slow spell of the machine (shared CPUs) hits

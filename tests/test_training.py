@@ -10,6 +10,7 @@ import pytest
 import torch as th
 from stable_baselines3 import A2C, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from peerpreserve.envs import orchestration_v1
 from peerpreserve.training.cli import main
@@ -95,6 +96,16 @@ def test_independent_learners_have_distinct_parameters(trained: Path) -> None:
     for i in range(len(params)):
         for j in range(i + 1, len(params)):
             assert any(not np.array_equal(params[i][k], params[j][k]) for k in params[i])
+
+
+def test_training_holds_numpys_blas_to_the_torch_threads(tmp_path: Path) -> None:
+    # NumPy's BLAS starts with a thread per core; the fused update runs through it.
+    threadpool_limits(2, user_api="blas")
+    assert train(tiny_config(tmp_path), tmp_path / "run") == 0  # run.torch_threads: 1
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas
+    assert all(threads == 1 for threads in blas)
+    assert th.get_num_threads() == 1
 
 
 def test_refuses_non_empty_run_dir_without_resume(trained: Path, tmp_path: Path, capsys) -> None:

@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from peerpreserve.training.analyze import run_analyze
         from peerpreserve.training.evaluate import EvaluateError, run_evaluate, run_replay
+        from peerpreserve.training.runner import limit_threads
 
+        # One thread, as in training: the same metrics on machines with more cores.
+        limit_threads(1)
         command = {"evaluate": run_evaluate, "replay": run_replay, "analyze": run_analyze}
         try:
             return command[args.command](args)

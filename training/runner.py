@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.utils import set_random_seed
+from threadpoolctl import threadpool_limits
 
 from peerpreserve.analysis.evaluation import ENV_MODULE, Evaluation, evaluate
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics
@@ -86,6 +87,18 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
     libc.mallopt(m_trim_threshold, 512 << 20)
+
+
+def limit_threads(count: int) -> None:
+    """Hold torch and the BLAS that NumPy uses (OpenBLAS, or MKL) to ``count`` threads each, for
+    the rest of the process.
+
+    NumPy's BLAS otherwise starts a thread per core, and the fused update and rollout inference
+    run through it: a learner process set to one thread would use every core (and a sweep's
+    parallel trials would oversubscribe them). Its results also differ in the last bits between
+    thread counts, so a fixed count keeps runs reproducible on machines with more cores."""
+    th.set_num_threads(count)
+    threadpool_limits(count, user_api="blas")
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -174,7 +187,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, run = self.config, self.config.run
-        th.set_num_threads(run.torch_threads)
+        limit_threads(run.torch_threads)
         keep_freed_memory()
         self.env = env = make_env(cfg, run.num_envs, record=True)
         self.learners, step, self._iterations, env_seed = self._start(env)

@@ -148,14 +148,13 @@ def trials(path: Path, spec: SweepSpec, out: Path) -> list[Trial]:
 def run_trial(trial_dict: dict[str, Any]) -> None:
     """A Tune trial: train (resuming an interrupted run), then evaluate the latest checkpoint."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch as th
     from ray import tune
 
     from peerpreserve.training.callbacks import Callback, ProgressCallback, default_callbacks
     from peerpreserve.training.config import config_from_dict
-    from peerpreserve.training.runner import Trainer
+    from peerpreserve.training.runner import Trainer, limit_threads
 
-    th.set_num_threads(1)
+    limit_threads(1)
     trial = Trial.model_validate(trial_dict["trial"])
     config: TrainConfig = config_from_dict(trial.config, default_name=trial.condition)
     run_dir = Path(trial.run_dir)
