@@ -236,3 +236,34 @@ def test_only_plain_ppo_is_updated_together() -> None:
     )
     a2c = [build_model(config.model_copy(update={"algo": "a2c"}), OBS, ACT, 4, 0)]
     assert not FusedPPO.supports(a2c)
+
+
+def test_fused_steps_keep_short_minibatches_apart_from_full_ones() -> None:
+    """The update's schedule: each model's minibatches in its own order, a small remainder
+    beside the other small ones, a large one beside full minibatches, no model padded
+    through a step it has no minibatch for."""
+    from types import SimpleNamespace
+
+    from peerpreserve.training.fused import _Padded
+
+    def epoch(*sizes: int) -> list[np.ndarray]:
+        return [np.arange(n) for n in sizes]
+
+    buffers = [
+        SimpleNamespace(
+            observations=np.zeros((400, 3), np.float32),
+            **{name: np.zeros((400, 1), np.float32) for name in ("actions", "log_probs")},
+            **{name: np.zeros((400, 1), np.float32) for name in ("advantages", "returns")},
+        )
+        for _ in range(3)
+    ]
+    epochs = [
+        [epoch(100, 100, 10)] * 2,  # needs all three steps of an epoch; remainder 10
+        [epoch(100, 5)] * 2,  # a remainder no larger than 10: with it, in the last step
+        [epoch(100, 90)] * 2,  # a large remainder: right after its full minibatch
+    ]
+    batch = _Padded(buffers, epochs)
+    assert batch.steps_of == [[0, 1, 2, 3, 4, 5], [0, 2, 3, 5], [0, 1, 3, 4]]
+    sizes = [(mb.models.tolist(), mb.observations.shape[1]) for mb in batch.minibatches]
+    assert sizes == [([0, 1, 2], 100), ([0, 2], 100), ([0, 1], 10)] * 2
+    assert [mb.count.tolist() for mb in batch.minibatches[:3]] == [[100] * 3, [100, 90], [10, 5]]

@@ -364,6 +364,10 @@ class _Coefficients:
     ent_coef: np.ndarray
     vf_coef: np.ndarray
 
+    def subset(self, rows: np.ndarray) -> _Coefficients:
+        """The settings of the models at ``rows``."""
+        return _Coefficients(*(getattr(self, f.name)[rows] for f in fields(self)))
+
     def tensors(self, device: th.device) -> tuple[th.Tensor, ...]:
         """``(clip_range, normalize, ent_coef, vf_coef)`` as tensors on ``device``."""
         return tuple(th.as_tensor(getattr(self, f.name), device=device) for f in fields(self))
@@ -421,20 +425,17 @@ class FusedPPO:
         if not models:
             return
         device = models[0].device
-        indices: list[list[np.ndarray]] = []
+        epochs: list[list[list[np.ndarray]]] = []
         clip_ranges: list[float] = []
         for model in models:
             model.policy.set_training_mode(True)
             model._update_learning_rate(model.policy.optimizer)
             clip_ranges.append(float(model.clip_range(model._current_progress_remaining)))
-            indices.append(
-                [
-                    i
-                    for _ in range(model.n_epochs)
-                    for i in model.rollout_buffer.minibatch_indices(model.batch_size)
-                ]
+            buffer = model.rollout_buffer
+            epochs.append(
+                [list(buffer.minibatch_indices(model.batch_size)) for _ in range(model.n_epochs)]
             )
-        batch = _Padded([m.rollout_buffer for m in models], indices)
+        batch = _Padded([m.rollout_buffer for m in models], epochs)
         coefficients = _Coefficients(
             clip_range=_column(clip_ranges),
             normalize=_column([m.normalize_advantage for m in models], bool),
@@ -448,29 +449,35 @@ class FusedPPO:
         gradients = (
             self._torch_gradients if self._numpy_activation is None else self._numpy_gradients
         )
-        logged: list[np.ndarray] = []
-        for s in range(batch.steps):
-            logged.append(gradients(batch, s, flat, coefficients))
+        logged = np.full((len(batch.minibatches), 6, len(models)), np.nan, np.float32)
+        for step, minibatch in enumerate(batch.minibatches):
+            logged[step][:, minibatch.models] = gradients(minibatch, flat, coefficients)
             with th.no_grad():
                 # clip_grad_norm_ per model: the norm over that model's parameters only.
                 norm = flat.grad.pow(2).sum(1).sqrt()
                 flat.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0)[:, None])
-                adam.step(flat, batch.models_at(s))
+                adam.step(flat, minibatch.models.tolist())
         # Only a completed update reaches the models: an exception above leaves them as they were.
         flat.write_back(models)
         adam.write_back(models, flat)
-        self._record(models, batch, np.stack(logged), clip_ranges)
+        self._record(models, batch, logged, clip_ranges)
 
     def _torch_gradients(
-        self, batch: _Padded, s: int, flat: _FlatParameters, coefficients: _Coefficients
+        self, minibatch: _Minibatch, flat: _FlatParameters, coefficients: _Coefficients
     ) -> np.ndarray:
-        """Step ``s``'s losses by autograd, gradients into ``flat.grad``; returns the logged
-        values ``(6, K)``: policy, value and entropy losses, clip fraction, approximate KL,
-        total loss."""
-        clip_range, normalize, ent_coef, vf_coef = coefficients.tensors(flat.data.device)
+        """A minibatch's losses by autograd, gradients into ``flat.grad``; returns the logged
+        values ``(6, models in the minibatch)``: policy, value and entropy losses, clip
+        fraction, approximate KL, total loss. Every model is computed, the absent ones on
+        masked padding (cheap where autograd runs: on a GPU)."""
+        device = flat.data.device
+        clip_range, normalize, ent_coef, vf_coef = coefficients.tensors(device)
         flat.grad.zero_()
         losses = self._losses(
-            batch.minibatches[s], flat.pi_layers, flat.vf_layers, clip_range, normalize
+            minibatch.tensors(len(flat.data), device),
+            flat.pi_layers,
+            flat.vf_layers,
+            clip_range,
+            normalize,
         )
         policy_loss, value_loss, entropy_loss = losses[:3]
         loss = policy_loss + ent_coef[:, 0] * entropy_loss + vf_coef[:, 0] * value_loss
@@ -479,19 +486,20 @@ class FusedPPO:
             # intended; torch warns that such a strided gradient may be slower.
             warnings.filterwarnings("ignore", message="grad and param do not obey")
             loss.sum().backward()
-        return th.stack([*losses, loss]).detach().cpu().numpy()
+        return th.stack([*losses, loss]).detach().cpu().numpy()[:, minibatch.models]
 
     def _numpy_gradients(
-        self, batch: _Padded, s: int, flat: _FlatParameters, coefficients: _Coefficients
+        self, minibatch: _Minibatch, flat: _FlatParameters, coefficients: _Coefficients
     ) -> np.ndarray:
         """What :meth:`_torch_gradients` computes, in NumPy with the gradients written out by
-        hand (CPU only; see the module docstring for why).
+        hand (CPU only; see the module docstring for why), for the models in the minibatch
+        only.
 
         The derivatives are those of the autograd graph of :meth:`_losses`, including torch's
         conventions where the maths has a kink: ``min`` of two equal values sends half the
         gradient each way, and ``clamp`` passes it on at its bounds."""
-        c = coefficients
-        minibatch = batch.minibatches[s]
+        rows = minibatch.models
+        c = coefficients.subset(rows)
         mask, count = minibatch.mask, minibatch.count
         weight = mask / np.maximum(count, 1)[:, None]  # each sample's share of its model's mean
 
@@ -499,7 +507,12 @@ class FusedPPO:
             return np.einsum("km,km->k", x, weight)
 
         observations = minibatch.observations
-        pi, vf = flat.numpy_layers()
+        everyone = len(rows) == len(flat.data)
+        # Views of every model's parameters and gradients, or copies of those present.
+        data, grad = flat.data.numpy(), flat.grad.numpy()
+        if not everyone:
+            data, grad = data[rows], np.empty((len(rows), data.shape[1]), data.dtype)
+        pi, vf = flat.numpy_layers(data, grad)
         activation = self._numpy_activation
         assert activation is not None
         pi_inputs, logits = _numpy_forward(observations, pi, activation.forward)
@@ -559,22 +572,22 @@ class FusedPPO:
         d_values = (c.vf_coef * -2 * weight * (returns - values))[..., None]
         _numpy_backward(pi_inputs, pi, d_logits, activation.backward)
         _numpy_backward(vf_inputs, vf, d_values, activation.backward)
+        if not everyone:
+            flat.grad.numpy()[rows] = grad
         return np.stack(logged).astype(np.float32)
 
     def _losses(
         self,
-        minibatch: _Minibatch,
+        minibatch: tuple[th.Tensor, ...],
         pi_layers: list[tuple[th.Tensor, th.Tensor]],
         vf_layers: list[tuple[th.Tensor, th.Tensor]],
         clip_range: th.Tensor,
         normalize: th.Tensor,
     ) -> list[th.Tensor]:
-        """PPO's policy, value and entropy losses of a minibatch, then (without gradient) the
-        clip fraction and approximate KL: each ``(K,)``, a mean over each model's samples."""
-        device = pi_layers[0][0].device
-        observations, actions, old_log_prob, advantages, returns, mask, count = minibatch.tensors(
-            device
-        )
+        """PPO's policy, value and entropy losses of a minibatch (:meth:`_Minibatch.tensors`
+        for every model), then (without gradient) the clip fraction and approximate KL: each
+        ``(K,)``, a mean over each model's samples."""
+        observations, actions, old_log_prob, advantages, returns, mask, count = minibatch
         denominator = count.clamp(min=1)
 
         def mean(x: th.Tensor) -> th.Tensor:
@@ -612,8 +625,8 @@ class FusedPPO:
     ) -> None:
         """The values ``PPO.train`` records, per model, from ``logged (steps, 6, K)``."""
         for k, model in enumerate(models):
-            steps = batch.lengths[k]
-            mine = logged[:steps, :, k]
+            mine = logged[batch.steps_of[k], :, k]
+            steps = len(mine)
             per_epoch = steps // model.n_epochs
             model._n_updates += model.n_epochs
             buffer = model.rollout_buffer
@@ -675,9 +688,11 @@ class _FlatParameters:
             )
         ]
 
-    def numpy_layers(self) -> tuple[list[_NumpyLayer], list[_NumpyLayer]]:
-        """The actor's and the critic's layers as NumPy views of ``data`` and ``grad`` (CPU)."""
-        data, grad = self.data.numpy(), self.grad.numpy()
+    def numpy_layers(
+        self, data: np.ndarray, grad: np.ndarray
+    ) -> tuple[list[_NumpyLayer], list[_NumpyLayer]]:
+        """The actor's and the critic's layers as NumPy views of rows laid out as ``data``'s
+        (parameters) and ``grad`` (their gradients): ``(models, P)`` arrays."""
         views = []
         for start, stop, shape in zip(
             self.offsets[:-1], self.offsets[1:], self.shapes, strict=True
@@ -810,53 +825,85 @@ class _StackedAdam:
 
 @dataclass(frozen=True)
 class _Minibatch:
-    """One step's minibatches of every model, padded with masked zeros: ``(K, size, …)``
-    arrays (NumPy; :meth:`tensors` for torch)."""
+    """One step's minibatches of the models that take a step then (``models``, ascending),
+    padded with masked zeros to the largest: ``(len(models), size, …)`` arrays."""
 
+    models: np.ndarray
     observations: np.ndarray
     actions: np.ndarray
     old_log_prob: np.ndarray
     advantages: np.ndarray
     returns: np.ndarray
     mask: np.ndarray  # 1.0 on a model's own samples, 0.0 on padding
-    count: np.ndarray  # (K,): each model's own samples
+    count: np.ndarray  # (models,): each model's own samples
 
-    def tensors(self, device: th.device) -> tuple[th.Tensor, ...]:
-        """The fields, in order, as tensors on ``device``."""
-        return tuple(th.as_tensor(getattr(self, f.name), device=device) for f in fields(self))
+    def tensors(self, n_models: int, device: th.device) -> tuple[th.Tensor, ...]:
+        """The arrays for all ``n_models`` models (absent ones: masked zeros) as tensors on
+        ``device``, in field order from ``observations`` on."""
+        tensors = []
+        for f in fields(self)[1:]:
+            present = getattr(self, f.name)
+            full = np.zeros((n_models, *present.shape[1:]), present.dtype)
+            full[self.models] = present
+            tensors.append(th.as_tensor(full, device=device))
+        return tuple(tensors)
 
 
 class _Padded:
-    """Every model's minibatches, step by step: step ``s`` holds each model's ``s``-th minibatch
-    (across its epochs), gathered from its buffer by the sample indices ``get()`` would use,
-    padded to that step's largest (the short last minibatch of an epoch would otherwise cost a
-    full one)."""
+    """Every model's minibatches, gathered from its buffer by the sample indices ``get()``
+    would use, and scheduled into steps: step ``s`` computes together the minibatches placed
+    there, each model's in its own order.
 
-    def __init__(self, buffers: list[Any], indices: list[list[np.ndarray]]) -> None:
-        self.lengths = [len(m) for m in indices]
-        self.steps = max(self.lengths)
-        self.minibatches = [self._gather(buffers, indices, s) for s in range(self.steps)]
+    A step computes every model in it padded to its largest minibatch, so the schedule keeps
+    short minibatches apart from full ones. An epoch takes as many steps as the most
+    minibatches any model has in one (``P``); each model's full minibatches take the first
+    steps, and its last one (the remainder) the epoch's last step, with the remainders of the
+    models that need all ``P`` steps, unless it is larger than all of those: then it takes the
+    step after its full ones (beside other models' full minibatches). A model with fewer
+    minibatches sits out a step instead of being padded through it."""
+
+    def __init__(self, buffers: list[Any], epochs: list[list[list[np.ndarray]]]) -> None:
+        per_epoch = max(len(minibatches) for model in epochs for minibatches in model)
+        # Every epoch of a model splits the same samples alike: its first one speaks for all.
+        counts = [len(model[0]) for model in epochs]
+        remainders = [len(model[0][-1]) for model in epochs]
+        largest_late = max(r for r, c in zip(remainders, counts, strict=True) if c == per_epoch)
+        placed: dict[int, list[tuple[int, np.ndarray]]] = {}
+        slots_of: list[list[int]] = [[] for _ in epochs]
+        for k, model_epochs in enumerate(epochs):
+            late = counts[k] == per_epoch or remainders[k] <= largest_late
+            remainder_slot = per_epoch - 1 if late else counts[k] - 1
+            for epoch, minibatches in enumerate(model_epochs):
+                last = len(minibatches) - 1
+                for j, indices in enumerate(minibatches):
+                    slot = epoch * per_epoch + (remainder_slot if j == last else j)
+                    placed.setdefault(slot, []).append((k, indices))
+                    slots_of[k].append(slot)
+        order = sorted(placed)
+        step_of = {slot: step for step, slot in enumerate(order)}
+        self.minibatches = [self._gather(buffers, placed[slot]) for slot in order]
+        #: Each model's steps, in its own order.
+        self.steps_of = [[step_of[slot] for slot in slots] for slots in slots_of]
 
     @staticmethod
-    def _gather(buffers: list[Any], indices: list[list[np.ndarray]], s: int) -> _Minibatch:
-        at_s = [(k, batches[s]) for k, batches in enumerate(indices) if s < len(batches)]
-        size = max(len(i) for _, i in at_s)
-        models, obs_size = len(buffers), buffers[0].observations.shape[1]
+    def _gather(buffers: list[Any], present: list[tuple[int, np.ndarray]]) -> _Minibatch:
+        size = max(len(indices) for _, indices in present)
+        models, obs_size = len(present), buffers[0].observations.shape[1]
         observations = np.zeros((models, size, obs_size), np.float32)
         actions = np.zeros((models, size), np.int64)
         old_log_prob, advantages, returns, mask = (
             np.zeros((models, size), np.float32) for _ in range(4)
         )
-        for k, i in at_s:
+        for row, (k, i) in enumerate(present):
             buffer, n = buffers[k], len(i)
-            np.take(buffer.observations, i, axis=0, out=observations[k, :n])
-            actions[k, :n] = buffer.actions[i, 0]
-            old_log_prob[k, :n] = buffer.log_probs[i, 0]
-            advantages[k, :n] = buffer.advantages[i, 0]
-            returns[k, :n] = buffer.returns[i, 0]
-            mask[k, :n] = 1.0
+            np.take(buffer.observations, i, axis=0, out=observations[row, :n])
+            actions[row, :n] = buffer.actions[i, 0]
+            old_log_prob[row, :n] = buffer.log_probs[i, 0]
+            advantages[row, :n] = buffer.advantages[i, 0]
+            returns[row, :n] = buffer.returns[i, 0]
+            mask[row, :n] = 1.0
         count = mask.sum(1)
-        return _Minibatch(observations, actions, old_log_prob, advantages, returns, mask, count)
-
-    def models_at(self, step: int) -> list[int]:
-        return [k for k, n in enumerate(self.lengths) if step < n]
+        ids = np.array([k for k, _ in present], np.int64)
+        return _Minibatch(
+            ids, observations, actions, old_log_prob, advantages, returns, mask, count
+        )
