@@ -5,13 +5,15 @@ Run from the repository root with the project's virtual environment::
     python benchmarks/train_throughput.py                 # N = 4, 8, 16; about 3 minutes
     python benchmarks/train_throughput.py --agents 4 --agent-steps 400000
     python benchmarks/train_throughput.py --device cuda   # our learners on the GPU
-    OMP_WAIT_POLICY=ACTIVE python benchmarks/train_throughput.py --agents 4 --threads 2
+    python benchmarks/train_throughput.py --agents 4 --threads 2   # both cores, both sides
 
 Both sides use the same PPO hyperparameters and network (64×64 tanh actor and critic), the same
-number of torch threads (``--threads``, default one; with more, set ``OMP_WAIT_POLICY=ACTIVE``, or
-idle threads sleep and wake at every small operation), the same allocator setting
-(``runner.keep_freed_memory``, which our trainer makes) and the same number of batched copies
-(``--num-envs``; SB3 steps its copies through ``DummyVecEnv``), all in this one process. Ours is
+number of threads for torch and for NumPy's BLAS (``--threads``, default one, held by
+``runner.limit_threads`` as our trainer holds them; with more than one, SB3 runs best with
+``OMP_WAIT_POLICY=ACTIVE`` and ours with ``PASSIVE``, so that ratio is not like for like), the
+same allocator setting (``runner.keep_freed_memory``, which our trainer makes) and the same number
+of batched copies (``--num-envs``; SB3 steps its copies through ``DummyVecEnv``), all in this one
+process. Ours is
 the real trainer (``peerpreserve.training.runner.Trainer`` with the callbacks ``peerpreserve
 train`` uses), timed per update from the end of the first (numba compiles then) to the end of the
 last; SB3's by wall clock around ``model.learn``. The setups run in ``--rounds`` alternating
