@@ -380,8 +380,9 @@ class FusedPPO:
     buffer by the same sample indices, ``minibatch_indices``), drawn model by model
     and epoch by epoch exactly as consecutive ``model.train()`` calls would draw them (same
     global RNG, same order). Models may have different numbers of samples (shut-down steps are
-    not trained on): minibatches are padded to a common shape and every mean is taken over a
-    model's own samples only; a model whose minibatches have run out takes no optimiser step.
+    not trained on): :class:`_Padded` schedules every model's minibatches, in its own order,
+    into steps computed together, padded within a step and every mean taken over a model's own
+    samples only; a model takes an optimiser step exactly where it has a minibatch.
     Gradient clipping is per model, and the step is each model's own Adam
     (``model.policy.optimizer``'s learning rate, step count and moments, stepped together by
     :class:`_StackedAdam` and written back), so its state and checkpoint stay SB3's.
