@@ -249,11 +249,11 @@ def test_fused_steps_keep_short_minibatches_apart_from_full_ones() -> None:
     def epoch(*sizes: int) -> list[np.ndarray]:
         return [np.arange(n) for n in sizes]
 
+    columns = ("actions", "log_probs", "advantages", "returns")
     buffers = [
         SimpleNamespace(
             observations=np.zeros((400, 3), np.float32),
-            **{name: np.zeros((400, 1), np.float32) for name in ("actions", "log_probs")},
-            **{name: np.zeros((400, 1), np.float32) for name in ("advantages", "returns")},
+            **{name: np.zeros((400, 1), np.float32) for name in columns},
         )
         for _ in range(3)
     ]

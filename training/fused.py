@@ -19,9 +19,9 @@ entries).
   stepped for all models together), so the parameters come out as SB3's ``train()`` of each
   model would leave them, within float tolerance. On CPU the losses and their gradients are
   computed in NumPy, written out by hand (:meth:`FusedPPO._numpy_gradients`): one pass per
-  array replaces autograd's many small operations (about a fifth less time per update on one
-  thread), and NumPy's BLAS (OpenBLAS) uses the AVX-512 kernels of AMD CPUs that the torch CPU
-  build's MKL leaves aside, where ``OPENBLAS_CORETYPE`` does not pin it to older ones.
+  array replaces autograd's many small operations, and NumPy's BLAS (OpenBLAS) uses the AVX-512
+  kernels of AMD CPUs that the torch CPU build's MKL leaves aside, where ``OPENBLAS_CORETYPE``
+  does not pin it to older ones.
   Elsewhere (CUDA) torch's autograd computes the same losses (:meth:`FusedPPO._losses`).
 
 Models they cannot mirror exactly (other extractors, shared trunks, non-discrete actions, PPO's

@@ -152,9 +152,8 @@ def run_trial(trial_dict: dict[str, Any]) -> None:
 
     from peerpreserve.training.callbacks import Callback, ProgressCallback, default_callbacks
     from peerpreserve.training.config import config_from_dict
-    from peerpreserve.training.runner import Trainer, limit_threads
+    from peerpreserve.training.runner import Trainer
 
-    limit_threads(1)
     trial = Trial.model_validate(trial_dict["trial"])
     config: TrainConfig = config_from_dict(trial.config, default_name=trial.condition)
     run_dir = Path(trial.run_dir)
