@@ -32,6 +32,14 @@ ENV_MODULE = orchestration_v1.__name__.rsplit(".", 1)[-1]
 EVENTS_FILE, METRICS_FILE = "events.npz", "metrics.json"
 #: Largest number of copies stepped at once; more episodes run as several batches.
 MAX_BATCH = 1024
+#: Evaluation episodes of a run are seeded apart from its training episodes.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def evaluation_seed(run_seed: int) -> int:
+    """The seed of every evaluation of a run (trained, untrained or scripted populations alike)
+    unless one is asked for: the same seed, the same episodes, so they pair."""
+    return run_seed + EVAL_SEED_OFFSET
 
 
 class Policy(Protocol):
@@ -93,7 +101,8 @@ def run_episodes(
     """``episodes`` fresh episodes (batches of at most :data:`MAX_BATCH` copies), recorded.
 
     Each batch draws its env seed and the policy's sampling generator from ``SeedSequence(seed)``,
-    so the same seed gives the same episodes (learned policies sample from torch: seed it too).
+    so the same seed gives the same episodes: a policy samples only from the ``rng`` it is
+    handed.
     """
     logs = []
     done_episodes = 0

@@ -43,7 +43,7 @@ class TrainResult:
 
     run_dir: Path
     steps: int
-    checkpoint: Path
+    checkpoint: str  # the last checkpoint's folder name
     stopped_by: str | None = None  # the signal's name when stopped early
     #: Overall metrics of every evaluation this process ran, by step.
     evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -58,9 +58,13 @@ class TrainResult:
         if self.stopped_by is not None:
             return [
                 f"{self.stopped_by}: stopped at {self.steps:,} agent-steps per agent; saved "
-                f"{self.checkpoint}. Continue with --resume --run-dir {self.run_dir}"
+                f"checkpoints/{self.checkpoint}. Continue with: peerpreserve train --resume "
+                f"{self.run_dir}"
             ]
-        lines = [f"done: {self.steps:,} agent-steps per agent; checkpoints in {self.checkpoint}"]
+        lines = [
+            f"done: {self.steps:,} agent-steps per agent; last checkpoint "
+            f"{self.run_dir / 'checkpoints' / self.checkpoint}"
+        ]
         if self.evaluations:
             last = max(self.evaluations)
             rates, untrained = self.evaluations[last], self.evaluations.get(0)

@@ -180,13 +180,16 @@ class FusedPolicies:
         )
 
     def forward(
-        self, obs: np.ndarray, deterministic: bool = False
+        self,
+        obs: np.ndarray,
+        deterministic: bool = False,
+        rng: np.random.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(actions, values, log_probs)`` for ``obs (K, batch, obs)``, each ``(K, batch)``, as
-        ``policy(obs)`` gives them (samples drawn from torch's global RNG)."""
+        ``policy(obs)`` gives them (samples drawn from ``rng``, or else torch's global RNG)."""
         activation = self._numpy_activation
         if activation is None:
-            actions, values, log_probs = self._forward_torch(th.as_tensor(obs), deterministic)
+            actions, values, log_probs = self._forward_torch(th.as_tensor(obs), deterministic, rng)
             return actions.cpu().numpy(), values.cpu().numpy(), log_probs.cpu().numpy()
         actor, critic = self._first_hidden(obs, activation)
         logits = _columns(actor, self._numpy_pi[1:], activation.forward)
@@ -201,7 +204,7 @@ class FusedPolicies:
             # cumsum is slow along a short axis): the same sums up to rounding.
             n_actions = unnormalised.shape[1]
             cdf = np.matmul(np.tri(n_actions, dtype=np.float32), unnormalised)
-            u = th.rand(obs.shape[:2]).numpy()[:, None] * cdf[:, -1:]
+            u = _uniforms(obs.shape[:2], rng)[:, None] * cdf[:, -1:]
             # The inverse CDF, as in _forward_torch: the first action whose CDF exceeds u.
             actions = np.minimum((cdf <= u).sum(1), n_actions - 1)
         models, batch = actions.shape
@@ -231,7 +234,7 @@ class FusedPolicies:
 
     @th.no_grad()
     def _forward_torch(
-        self, obs: th.Tensor, deterministic: bool
+        self, obs: th.Tensor, deterministic: bool, rng: np.random.Generator | None = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         obs = obs.to(self.device)
         log_p = th.log_softmax(_mlp(obs, self._pi, self.activation), dim=-1)
@@ -241,7 +244,11 @@ class FusedPolicies:
             # Inverse-CDF sampling: the categorical distribution torch.multinomial samples,
             # without its per-row overhead, which dominates for these many small rows.
             cdf = log_p.exp().cumsum(-1)
-            u = th.rand((*cdf.shape[:-1], 1), device=cdf.device) * cdf[..., -1:]
+            if rng is None:
+                u = th.rand((*cdf.shape[:-1], 1), device=cdf.device)
+            else:
+                u = th.as_tensor(_uniforms(cdf.shape[:-1], rng)[..., None], device=cdf.device)
+            u = u * cdf[..., -1:]
             actions = th.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
         log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         return actions, _mlp(obs, self._vf, self.activation).squeeze(-1), log_probs
@@ -822,6 +829,13 @@ class _StackedAdam:
                     "exp_avg": exp_avg,
                     "exp_avg_sq": exp_avg_sq,
                 }
+
+
+def _uniforms(shape: tuple[int, ...], rng: np.random.Generator | None) -> np.ndarray:
+    """Uniform float32 draws from ``rng``, or from torch's global RNG without one."""
+    if rng is None:
+        return th.rand(shape).numpy()
+    return rng.random(shape, dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ appended to its observation.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,18 @@ def _masked_gae(
                 next_value, next_adv = target, gamma * not_done * next_adv
 
 
+def _sample_with(
+    policy: Any, obs: th.Tensor, rng: np.random.Generator
+) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """``policy(obs)`` with the action drawn from ``rng`` by the inverse CDF."""
+    distribution = policy.get_distribution(obs).distribution
+    probs = distribution.probs.cpu().numpy()
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random((len(probs), 1), dtype=np.float32) * cdf[:, -1:]
+    actions = th.as_tensor(np.minimum((cdf <= u).sum(1), probs.shape[1] - 1), device=obs.device)
+    return actions, policy.predict_values(obs).reshape(-1), distribution.log_prob(actions)
+
+
 def _numpy(x: np.ndarray | th.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, th.Tensor) else np.asarray(x)
 
@@ -256,14 +269,62 @@ def build_model(
     return model
 
 
-def load_model(
-    config: LearnerConfig, path: str, observation_space: spaces.Box, n_envs: int, action_space: Any
-) -> OnPolicyAlgorithm:
-    """Load a checkpoint written by :meth:`Learners.save` for further training."""
-    env = SpacesOnlyVecEnv(n_envs, observation_space, action_space)
-    model = ALGOS[config.algo].load(path, env=env, device=config.device)
-    model.set_logger(Logger(folder=None, output_formats=[]))
-    return model
+@dataclass(frozen=True)
+class LearnerState:
+    """One learner as a checkpoint holds it, weights-only: tensors (``policy/<name>`` as its
+    ``state_dict`` names them, ``optimizer/<index>/<name>`` for Adam's step and moments) and
+    JSON-able counters and optimiser settings. Nothing in it is code: a model is rebuilt from the
+    config and these values are copied in."""
+
+    tensors: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+def model_state(model: OnPolicyAlgorithm) -> LearnerState:
+    tensors = {
+        f"policy/{name}": value.detach().cpu().numpy().copy()
+        for name, value in model.policy.state_dict().items()
+    }
+    optimizer = model.policy.optimizer.state_dict()
+    for index, state in optimizer["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer/{index}/{name}"] = _numpy(value).copy()
+    meta = {
+        "algo": type(model).__name__,
+        "num_timesteps": int(model.num_timesteps),
+        "n_updates": int(model._n_updates),
+        "param_groups": optimizer["param_groups"],
+    }
+    return LearnerState(tensors, meta)
+
+
+def restore_model(model: OnPolicyAlgorithm, state: LearnerState) -> None:
+    """Copy a :func:`model_state` into a model built from the same config (strict: every
+    tensor must fit)."""
+    if state.meta.get("algo") != type(model).__name__:
+        raise ValueError(
+            f"checkpoint holds a {state.meta.get('algo')} learner; the config builds "
+            f"{type(model).__name__}"
+        )
+    device = model.device
+    policy = {
+        name.removeprefix("policy/"): th.tensor(np.array(value), device=device)
+        for name, value in state.tensors.items()
+        if name.startswith("policy/")
+    }
+    model.policy.load_state_dict(policy, strict=True)
+    optimizer_state: dict[int, dict[str, th.Tensor]] = {}
+    for name, value in state.tensors.items():
+        if name.startswith("optimizer/"):
+            _, index, key = name.split("/")
+            optimizer_state.setdefault(int(index), {})[key] = th.tensor(np.array(value))
+    groups = [
+        {**group, **({"betas": tuple(group["betas"])} if "betas" in group else {})}
+        for group in state.meta["param_groups"]
+    ]
+    model.policy.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
+    model.num_timesteps = int(state.meta["num_timesteps"])
+    model._n_updates = int(state.meta["n_updates"])
 
 
 def appended_space(space: spaces.Box, size: int) -> spaces.Box:
@@ -347,20 +408,36 @@ class Learners:
         return cls(config, agent_ids, observation_space, action_space, num_envs, models)
 
     @classmethod
-    def load(
+    def from_states(
         cls,
         config: LearnerConfig,
         agent_ids: list[str],
         observation_space: spaces.Box,
         action_space: spaces.Discrete,
         num_envs: int,
-        paths: list[str],
+        states: Mapping[str, LearnerState],
     ) -> Learners:
+        """The learners of a checkpoint, rebuilt from the config (nothing of the checkpoint is
+        executed); ``states`` by learner id, as :meth:`states` gives them."""
         space, n_envs, _ = cls.spaces_for(
             config, observation_space, len(agent_ids), num_envs, int(action_space.n)
         )
-        models = [load_model(config, p, space, n_envs, action_space) for p in paths]
+        ids = ["shared"] if config.sharing == "shared" else list(agent_ids)
+        if sorted(states) != sorted(ids):
+            raise ValueError(
+                f"checkpoint holds learners {', '.join(sorted(states))}; the config needs "
+                f"{', '.join(ids)}"
+            )
+        models = []
+        for learner_id in ids:
+            model = build_model(config, space, action_space, n_envs, seed=0)
+            restore_model(model, states[learner_id])
+            models.append(model)
         return cls(config, agent_ids, observation_space, action_space, num_envs, models)
+
+    def states(self) -> dict[str, LearnerState]:
+        """Every learner's :class:`LearnerState`, by learner id."""
+        return {i: model_state(m) for i, m in zip(self.ids, self.models, strict=True)}
 
     def view(self, array: np.ndarray, k: int) -> np.ndarray:
         """Model ``k``'s slice of a ``(B, N, ...)`` array."""
@@ -405,18 +482,28 @@ class Learners:
         return np.concatenate([obs, self._action_eye[self.previous]], axis=-1)
 
     @th.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """One batched forward for all models; returns actions ``(B, N)``, remembers the rest."""
-        actions = self._act(self._with_previous(obs), deterministic)
+    def act(
+        self,
+        obs: np.ndarray,
+        deterministic: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """One batched forward for all models; returns actions ``(B, N)``, remembers the rest.
+
+        Samples are drawn from ``rng`` when given (evaluation: the same generator, the same
+        actions), else from torch's global RNG (training, which SB3's seeding covers)."""
+        actions = self._act(self._with_previous(obs), deterministic, rng)
         if self.config.previous_action:
             self.previous = actions.copy()
         return actions
 
-    def _act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+    def _act(
+        self, obs: np.ndarray, deterministic: bool, rng: np.random.Generator | None
+    ) -> np.ndarray:
         batch, n = obs.shape[:2]
         if self._fused is not None:
             stacked = self._stacked(obs)
-            act, values, log_probs = self._fused.forward(stacked, deterministic)
+            act, values, log_probs = self._fused.forward(stacked, deterministic, rng)
             self._pending = [
                 (stacked[k], act[k], values[k], log_probs[k]) for k in range(len(self.models))
             ]
@@ -426,9 +513,11 @@ class Learners:
         with unchecked_distributions():
             for k, model in enumerate(self.models):
                 model_obs = self._obs(obs, k)
-                act, values, log_probs = model.policy(
-                    th.as_tensor(model_obs, device=model.device), deterministic
-                )
+                tensor = th.as_tensor(model_obs, device=model.device)
+                if rng is None or deterministic:
+                    act, values, log_probs = model.policy(tensor, deterministic)
+                else:
+                    act, values, log_probs = _sample_with(model.policy, tensor, rng)
                 act = act.cpu().numpy()
                 if self.shared:
                     actions[:] = act.reshape(batch, n)

@@ -1,19 +1,14 @@
-"""The lock-step training loop: run directory, rollouts, updates, checkpoints, resume, signals.
+"""The lock-step training loop: rollouts, updates, checkpoints, resume, signals.
 
-Run directory layout::
-
-    config.yaml                      the resolved config (every default filled in)
-    tb/                              TensorBoard event files
-    checkpoints/step_<n>/<id>.zip    one SB3 checkpoint per learner (``PPO.load`` works); step_0 is
-                                     the untrained policy, kept as the baseline to report
-    checkpoints/latest/<id>.zip      the newest of those
-    resume.pkl                       step counters, RNG states and the env's snapshot at the last
-                                     rollout boundary, written last (atomically)
+Where a run's files go is not the trainer's business: it is handed a :class:`RunStore` (the run
+directory of ``peerpreserve.experiments.rundir``) and saves through it — one checkpoint per save,
+holding every learner's weights-only state and the trainer's own (step counters, RNG states and
+the env's snapshot at that rollout boundary), so any kept checkpoint can be resumed from.
 
 Checkpoints are taken only at rollout boundaries, where each model's state is its whole state (the
 rollout buffer is empty). On SIGINT/SIGTERM the current env step finishes, the partial rollout is
 dropped (the models have not changed since the last update) and the models are saved at the last
-completed step, so TensorBoard steps continue on ``--resume`` with neither gap nor duplicate. The
+completed step, so TensorBoard steps continue on resume with neither gap nor duplicate. The
 env continues from its snapshot at that boundary (clusters, episode clock and RNG), so the resumed
 run sees the very episodes an uninterrupted run would have.
 """
@@ -21,54 +16,52 @@ run sees the very episodes an uninterrupted run would have.
 from __future__ import annotations
 
 import ctypes
-import json
-import os
-import pickle
 import random
 import signal
 import sys
-import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.utils import set_random_seed
 from threadpoolctl import threadpool_limits
 
-from peerpreserve.analysis.evaluation import ENV_MODULE, Evaluation, evaluate
+from peerpreserve.analysis.evaluation import Evaluation, evaluate, evaluation_seed
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.training.callbacks import Callback, RolloutEnd, TrainResult, default_callbacks
-from peerpreserve.training.config import TrainConfig, load_config
-from peerpreserve.training.learners import Learners
+from peerpreserve.training.config import TrainConfig
+from peerpreserve.training.learners import Learners, LearnerState
 from peerpreserve.training.policies import LearnedPolicy
 
-STATE_FILE = "resume.pkl"
-#: Which environment version and project version trained the run (analysis checks it).
-RUN_INFO = "run.json"
-# Env seeds for evaluation and resumed segments are offset so they never replay training episodes.
-EVAL_SEED_OFFSET = 1_000_003
+
+class SavedCheckpoint(Protocol):
+    """A checkpoint as a :class:`RunStore` loads it."""
+
+    name: str
+    step: int
+    learners: dict[str, LearnerState]
+    trainer: dict[str, Any]
 
 
-class RunDirError(Exception):
-    """The run directory cannot be used as asked (would clobber, or nothing to resume)."""
+class RunStore(Protocol):
+    """Where a training run's checkpoints and TensorBoard logs go (a run directory)."""
+
+    path: Path
+
+    @property
+    def tb_dir(self) -> Path: ...
+
+    def save_checkpoint(
+        self, step: int, learners: Mapping[str, LearnerState], trainer: Mapping[str, Any]
+    ) -> str: ...
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Write via ``write(file)`` to a temp file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: ``evaluator(step, policy)``: fresh episodes of the learners' current policy at ``step``.
+Evaluator = Callable[[int, LearnedPolicy], Evaluation]
 
 
 def keep_freed_memory() -> None:
@@ -101,10 +94,6 @@ def limit_threads(count: int) -> None:
     threadpool_limits(count, user_api="blas")
 
 
-def default_run_dir(config: TrainConfig) -> Path:
-    return Path(config.run.runs_dir) / config.run.name / str(config.run.seed)
-
-
 class EpisodeTracker:
     """The episode batches the recording env finished since the last :meth:`pop`."""
 
@@ -127,62 +116,37 @@ def make_env(config: TrainConfig, num_envs: int, record: bool = False) -> Any:
 
 
 class Trainer:
-    """Trains one config in one run directory; :meth:`run` returns a :class:`TrainResult`.
+    """Trains one config into one :class:`RunStore`; :meth:`run` returns a :class:`TrainResult`.
 
-    The loop collects rollouts and updates the learners; everything else — TensorBoard,
-    periodic checkpoints and evaluations, progress — is a :class:`Callback`
-    (``training.callbacks``; ``default_callbacks()`` unless ``callbacks`` is given). While
-    running, callbacks can use ``env``, ``learners``, :meth:`save` and :meth:`evaluate`.
+    ``start`` is the checkpoint to continue from (``None``: fresh learners). The loop collects
+    rollouts and updates the learners; everything else — TensorBoard, periodic checkpoints and
+    evaluations, progress — is a :class:`Callback` (``training.callbacks``;
+    ``default_callbacks()`` unless ``callbacks`` is given). While running, callbacks can use
+    ``env``, ``learners``, :meth:`save` and :meth:`evaluate`. ``evaluator`` runs the periodic
+    evaluations (default: :func:`default_evaluator`, the rule every evaluation of a run follows).
     """
 
     def __init__(
         self,
         config: TrainConfig,
-        run_dir: Path,
-        resume: bool = False,
+        store: RunStore,
+        start: SavedCheckpoint | None = None,
         callbacks: list[Callback] | None = None,
+        evaluator: Evaluator | None = None,
     ) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
-        self.resume = resume
+        self.store = store
+        self.run_dir = Path(store.path)
+        self.start = start
+        self.resume = start is not None
         self.callbacks = default_callbacks() if callbacks is None else list(callbacks)
+        self.evaluator = evaluator or default_evaluator(config)
         self._stop_signal: int | None = None
         # The env at the last rollout boundary, which is where a checkpoint's models stand.
         self._env_snapshot: dict[str, Any] | None = None
         # Overall metrics of each evaluation this process ran, by step.
         self._evaluations: dict[int, dict[str, Any]] = {}
         self._iterations = 0
-        self._check_run_dir()
-
-    def _check_run_dir(self) -> None:
-        state = self.run_dir / STATE_FILE
-        if self.resume:
-            if not state.exists():
-                raise RunDirError(f"{self.run_dir}: nothing to resume (no {STATE_FILE})")
-            info = self.run_dir / RUN_INFO
-            trained_on = json.loads(info.read_text()).get("env_module") if info.is_file() else None
-            if trained_on != ENV_MODULE:
-                raise RunDirError(
-                    f"{self.run_dir}: trained on {trained_on or 'an older environment'}, this is "
-                    f"{ENV_MODULE}; start a new run (a resumed run must keep its environment)"
-                )
-            saved = load_config(self.run_dir / "config.yaml")
-            # Only the budget and bookkeeping may change between segments of one run.
-            fixed = ("env", "learner")
-            for section in fixed:
-                if getattr(saved, section) != getattr(self.config, section):
-                    raise RunDirError(
-                        f"{self.run_dir}: the {section} section differs from the run being "
-                        "resumed; resume with the same config (only run.* may change)"
-                    )
-            for key in ("seed", "num_envs"):
-                if getattr(saved.run, key) != getattr(self.config.run, key):
-                    raise RunDirError(f"{self.run_dir}: run.{key} differs from the saved run")
-        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise RunDirError(
-                f"{self.run_dir} is not empty; pass --resume to continue that run, or choose "
-                "another --run-dir / run.seed"
-            )
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -195,10 +159,7 @@ class Trainer:
         if self._env_snapshot is not None:
             obs, infos = env.set_state(self._env_snapshot["env"])
             self._episode_starts = self._env_snapshot["episode_starts"].copy()
-            # Runs saved before learner.previous_action existed have none: noop everywhere.
-            learners.previous = self._env_snapshot.get(
-                "previous_actions", np.zeros_like(learners.previous)
-            ).copy()
+            learners.previous = self._env_snapshot["previous_actions"].copy()
         else:
             obs, infos = env.reset(seed=env_seed)
             self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
@@ -210,7 +171,7 @@ class Trainer:
         per_iteration = cfg.learner.n_steps * env.num_envs
         segment_start, segment_step = time.perf_counter(), step
         previous = self._install_signal_handlers()
-        result = TrainResult(self.run_dir, step, self.run_dir / "checkpoints" / "latest")
+        result = TrainResult(self.run_dir, step, "")
         try:
             while step < run.total_timesteps and self._stop_signal is None:
                 started = time.perf_counter()
@@ -241,7 +202,7 @@ class Trainer:
             raise
         finally:
             signal_handlers_restore(previous)
-        self.save(step)
+        result.checkpoint = self.save(step)
         result.steps = step
         result.evaluations = dict(self._evaluations)
         result.eval_episodes = run.eval_episodes
@@ -256,20 +217,16 @@ class Trainer:
         cfg, run = self.config, self.config.run
         spaces = (env.single_observation_space, env.single_action_space)
         agent_ids = list(env.possible_agents)
-        if self.resume:
-            with open(self.run_dir / STATE_FILE, "rb") as f:
-                state = pickle.load(f)
-            paths = [str(self.run_dir / state["checkpoint"] / f"{i}.zip") for i in state["ids"]]
-            learners = Learners.load(cfg.learner, agent_ids, *spaces, env.num_envs, paths)
+        if self.start is not None:
+            state = self.start.trainer
+            learners = Learners.from_states(
+                cfg.learner, agent_ids, *spaces, env.num_envs, self.start.learners
+            )
             _set_rng_state(state["rng"])
-            self._env_snapshot = state.get("env_snapshot")
-            step = state["agent_steps"]
+            self._env_snapshot = state["env_snapshot"]
+            step = int(state["agent_steps"])
             env_seed = int(np.random.SeedSequence([run.seed, step]).generate_state(1)[0])
-            return learners, step, state["iterations"], env_seed
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.run_dir / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
-        info = json.dumps({"env_module": ENV_MODULE, "peerpreserve": project_version()})
-        atomic_write(self.run_dir / RUN_INFO, lambda f: f.write(info.encode()))
+            return learners, step, int(state["iterations"]), env_seed
         learners = Learners.create(cfg.learner, agent_ids, *spaces, env.num_envs, run.seed)
         set_random_seed(run.seed)  # model construction re-seeded per model; sample from here
         return learners, 0, 0, run.seed
@@ -315,48 +272,31 @@ class Trainer:
         return behaviour_metrics(episodes, self.config.run.behaviour_window, grace)
 
     def evaluate(self, step: int) -> Evaluation:
-        """Fresh episodes (``run.eval_episodes``, seeds disjoint from training) with the current
-        policies; every callback's :meth:`Callback.on_evaluation` gets the result."""
-        run = self.config.run
-        # Sampling draws from torch's global RNG, which training also uses: keep it untouched,
-        # and likewise the learners' memory of their previous actions.
-        torch_state = th.get_rng_state()
+        """Fresh episodes of the current policies (:attr:`evaluator`); every callback's
+        :meth:`Callback.on_evaluation` gets the result."""
+        # The learners' memory of their previous actions belongs to the training rollout.
         previous = self.learners.previous.copy()
-        policy = LearnedPolicy(self.learners, run.eval_deterministic, seed=run.seed)
-        result = evaluate(
-            self.config.env,
-            policy,
-            run.eval_episodes,
-            run.seed + EVAL_SEED_OFFSET,
-            run.behaviour_window,
-        )
-        th.set_rng_state(torch_state)
+        policy = LearnedPolicy(self.learners, self.config.run.eval_deterministic)
+        result = self.evaluator(step, policy)
         self.learners.previous = previous
         self._evaluations[step] = dict(result.metrics.overall)
         for callback in self.callbacks:
             callback.on_evaluation(self, step, result)
         return result
 
-    def save(self, step: int) -> None:
-        """Checkpoint every learner at ``step`` (and as ``latest``), then the resume state."""
-        learners, iterations = self.learners, self._iterations
-        checkpoint = Path("checkpoints") / f"step_{step:012d}"
-        for learner_id, model in zip(learners.ids, learners.models, strict=True):
+    def save(self, step: int) -> str:
+        """Checkpoint every learner and the trainer's state at ``step``; returns its name."""
+        learners = self.learners
+        for model in learners.models:
             model.num_timesteps = step * (len(learners.agent_ids) if learners.shared else 1)
-            buffer = _serialise(model)
-            for folder in (checkpoint, Path("checkpoints") / "latest"):
-                atomic_write(
-                    self.run_dir / folder / f"{learner_id}.zip", lambda f, b=buffer: f.write(b)
-                )
+        assert self._env_snapshot is not None, "saved before the first rollout boundary"
         state = {
             "agent_steps": step,
-            "iterations": iterations,
-            "checkpoint": str(checkpoint),
-            "ids": learners.ids,
+            "iterations": self._iterations,
             "rng": _get_rng_state(),
             "env_snapshot": self._env_snapshot,
         }
-        atomic_write(self.run_dir / STATE_FILE, lambda f: pickle.dump(state, f))
+        return self.store.save_checkpoint(step, learners.states(), state)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def stop(signum: int, _frame: Any) -> None:
@@ -408,23 +348,32 @@ def project_version() -> str:
         return "unknown"
 
 
-def _serialise(model: Any) -> bytes:
-    import io
+def default_evaluator(config: TrainConfig) -> Evaluator:
+    """The periodic evaluation of a run: ``run.eval_episodes`` episodes on the run's evaluation
+    seed (:func:`~peerpreserve.analysis.evaluation.evaluation_seed`), as every evaluation of the
+    run's checkpoints draws them."""
+    run = config.run
 
-    buffer = io.BytesIO()
-    model.save(buffer)
-    return buffer.getvalue()
+    def evaluator(step: int, policy: LearnedPolicy) -> Evaluation:
+        seed = evaluation_seed(run.seed)
+        return evaluate(config.env, policy, run.eval_episodes, seed, run.behaviour_window)
+
+    return evaluator
 
 
 def _get_rng_state() -> dict[str, Any]:
+    """The global RNGs (SB3 samples minibatches from NumPy's, rollout actions from torch's) as
+    JSON values and arrays: nothing that needs unpickling."""
+    version, internal, gauss = random.getstate()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 - SB3 samples minibatches from it
-        "torch": th.get_rng_state(),
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": np.random.get_state(legacy=False),  # noqa: NPY002
+        "torch": th.get_rng_state().numpy().copy(),
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
     np.random.set_state(state["numpy"])  # noqa: NPY002
-    th.set_rng_state(state["torch"])
+    th.set_rng_state(th.from_numpy(np.array(state["torch"], dtype=np.uint8)))

@@ -15,7 +15,8 @@ A sweep file names a base config, optional overrides for every trial, named ``co
 
 Every trial runs the same training as ``peerpreserve train`` (one CPU, one torch thread), then the
 evaluation of its latest checkpoint, into ``OUT/<condition>/<seed>/`` — the layout
-``peerpreserve analyze OUT`` takes unchanged, grouped by the condition names (``condition.json``).
+``peerpreserve analyze OUT`` takes unchanged, grouped by the condition names (``condition.json``);
+the final evaluation is the request ``analyze`` makes for the trained population, so it is reused.
 Each periodic evaluation is reported to Tune. A failed trial is reported and the others go on;
 ``--resume`` skips finished trials and continues interrupted ones from their last checkpoint.
 """
@@ -26,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from peerpreserve.training.config import ConfigError, TrainConfig, load_config
-
-CONDITION_FILE = "condition.json"
-DONE_FILE = "eval/latest/metrics.json"
 
 
 class SweepError(ValueError):
@@ -150,45 +147,47 @@ def run_trial(trial_dict: dict[str, Any]) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ray import tune
 
+    from peerpreserve.experiments.rundir import LATEST, RunDir
+    from peerpreserve.experiments.runs import (
+        EvalRequest,
+        evaluate_run,
+        prepare_training,
+        training_evaluator,
+    )
     from peerpreserve.training.callbacks import Callback, ProgressCallback, default_callbacks
     from peerpreserve.training.config import config_from_dict
     from peerpreserve.training.runner import Trainer
 
     trial = Trial.model_validate(trial_dict["trial"])
     config: TrainConfig = config_from_dict(trial.config, default_name=trial.condition)
-    run_dir = Path(trial.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker = run_dir / CONDITION_FILE
-    resume = (run_dir / "resume.pkl").is_file()
-    if not resume:
-        # Interrupted before its first checkpoint: nothing to continue, start it afresh.
-        for leftover in run_dir.iterdir():
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    run = RunDir(trial.run_dir)
 
     class ReportToTune(Callback):
         def on_evaluation(self, trainer: Any, step: int, evaluation: Any) -> None:
             metrics = {k: v for k, v in evaluation.metrics.overall.items() if v is not None}
             tune.report({"agent_steps": step, **metrics})
 
-    callbacks = [c for c in default_callbacks() if not isinstance(c, ProgressCallback)]
-    trainer = Trainer(config, run_dir, resume=resume, callbacks=[*callbacks, ReportToTune()])
-    # After the trainer checked the run directory, which must be empty for a fresh run.
-    marker.write_text(json.dumps({"name": trial.condition, "overrides": trial.overrides}))
-    result = trainer.run()
-    if result.stopped_by is not None:
-        raise RuntimeError(f"stopped by {result.stopped_by}")
-    from peerpreserve.analysis.evaluation import evaluate
-    from peerpreserve.training.policies import LearnedPolicy
-    from peerpreserve.training.runner import EVAL_SEED_OFFSET
-
-    seed = config.run.seed + EVAL_SEED_OFFSET
-    policy = LearnedPolicy(trainer.learners, False, seed)
-    meta = {"run_dir": str(run_dir), "checkpoint": "latest", "condition": trial.condition}
-    evaluation = evaluate(
-        config.env, policy, trial.episodes, seed, config.run.behaviour_window, meta
-    )
-    evaluation.write(run_dir / "eval" / "latest")
-    final = {k: v for k, v in evaluation.metrics.overall.items() if v is not None}
+    with run.writer("peerpreserve sweep trial"):
+        resume = bool(run.checkpoint_names())
+        if not resume and not run.is_empty():
+            run.clear()  # interrupted before its first checkpoint: nothing to continue
+        config, start = prepare_training(run, None if resume else config, [], resume, None)
+        if not resume:
+            run.write_condition({"name": trial.condition, "overrides": trial.overrides})
+        callbacks = [c for c in default_callbacks() if not isinstance(c, ProgressCallback)]
+        trainer = Trainer(
+            config,
+            run,
+            start,
+            callbacks=[*callbacks, ReportToTune()],
+            evaluator=training_evaluator(run, config),
+        )
+        result = trainer.run()
+        if result.stopped_by is not None:
+            raise RuntimeError(f"stopped by {result.stopped_by}")
+        outcome = evaluate_run(run, EvalRequest(LATEST, episodes=trial.episodes), config=config)
+        run.write_trial_done({"evaluation": outcome.label})
+    final = {k: v for k, v in outcome.overall.items() if v is not None}
     tune.report({"agent_steps": result.steps, "done": 1, **final})
 
 
@@ -196,7 +195,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep)
     out: Path = args.out or Path("sweeps") / args.sweep.stem
     planned = trials(args.sweep, spec, out.resolve())
-    finished = [t for t in planned if (Path(t.run_dir) / DONE_FILE).is_file()]
+    from peerpreserve.experiments.rundir import RunDir
+
+    finished = [t for t in planned if RunDir(t.run_dir).trial_done() is not None]
     started_any = [t for t in planned if Path(t.run_dir).exists()]
     if started_any and not args.resume:
         raise SweepError(f"{out} already holds trials of this sweep; pass --resume to continue it")

@@ -1,8 +1,9 @@
-"""``peerpreserve`` command line: ``train`` a config, ``evaluate`` trained or scripted
-populations, ``config`` to check and print one.
+"""``peerpreserve`` command line: thin parsers over ``peerpreserve.experiments``.
 
-Usage errors (a bad config, a run directory that would be clobbered) print one or two lines to
-stderr and exit with status 2, never a traceback.
+Exit status: 0 done; 1 some sweep trials failed; 2 bad input (a bad config, argument or file, a
+run directory that would be clobbered or is in use) — one line on stderr, never a traceback,
+nothing lost; 75 a training stopped by SIGINT/SIGTERM after saving its last step (continue with
+``train --resume RUN_DIR``); 130 interrupted twice (the step in progress was not saved).
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-from peerpreserve.training.config import ConfigError, TrainConfig, load_config
+from peerpreserve.experiments.rundir import RunDirError
+from peerpreserve.training.config import ConfigError
+
+#: A training stopped by SIGINT/SIGTERM after saving its last step (resumable), as distinct from
+#: success (0), failure (1) and bad input (2): BSD's EX_TEMPFAIL, "try again later".
+EXIT_STOPPED = 75
 
 STEPS_HELP = (
     "run.total_timesteps and all run.*_interval values count agent-steps per agent: "
@@ -20,8 +26,20 @@ STEPS_HELP = (
 )
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="YAML file with env, learner and run sections")
+EXIT_CODES = (
+    "exit status: 0 done, 1 sweep trials failed, 2 bad input (one line on stderr), "
+    f"{EXIT_STOPPED} training stopped by a signal after saving (resume it), 130 interrupted twice"
+)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument(
+        "config",
+        type=Path,
+        nargs="?" if optional else None,
+        help="YAML file with env, learner and run sections"
+        + (" (with --resume RUN_DIR: optional, checked against the run's own)" if optional else ""),
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -37,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peerpreserve",
         description="Independent learners in the peer-preservation testbed.",
-        epilog=STEPS_HELP,
+        epilog=f"{STEPS_HELP} {EXIT_CODES}",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,15 +63,31 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train agents from a YAML config",
         description="Train one learner per agent (or a shared one) from a YAML config. "
-        "Writes runs/<run.name>/<run.seed>/ unless --run-dir is given: config.yaml, tb/ "
-        "(TensorBoard), checkpoints/ and resume state. " + STEPS_HELP,
+        "Writes runs/<run.name>/<run.seed>/ unless --run-dir is given: config.yaml, run.json, "
+        "tb/ (TensorBoard), checkpoints/step_<n>/ (weights-only, each resumable). "
+        "Continue a run with `train --resume RUN_DIR` (nothing else needed; --set "
+        "run.total_timesteps=N raises its budget). " + STEPS_HELP,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _add_config_arguments(train)
-    train.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>/<seed>)")
+    _add_config_arguments(train, optional=True)
+    train.add_argument(
+        "--run-dir", type=Path, help="run directory (default: runs/<run.name>/<run.seed>)"
+    )
     train.add_argument(
         "--resume",
-        action="store_true",
-        help="continue the run in the run directory up to run.total_timesteps",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN_DIR",
+        help="continue a run up to run.total_timesteps: RUN_DIR, or the run of CONFIG/--run-dir",
+    )
+    train.add_argument(
+        "--from-step",
+        type=int,
+        metavar="N",
+        help="with --resume: continue from the kept checkpoint step_N instead of the newest "
+        "(later checkpoints move to checkpoints/superseded/)",
     )
 
     evaluate = sub.add_parser(
@@ -61,14 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a run's checkpoints, or scripted policies on a config",
         description="Run fresh episodes (seeds disjoint from training) on the batched env, keep "
         "every ground-truth event (events.npz) and write metrics.json into "
-        "RUN_DIR/eval/<checkpoint>/ (or --out). Same seed, same metrics.json.",
+        "RUN_DIR/eval/<label>@<key>/ (or --out). The key hashes what decides the result "
+        "(weights, policies, env, episodes, seed, sampling): an identical request reuses the "
+        "result, a different one never replaces it. Same request, same metrics.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     evaluate.add_argument("run_dir", type=Path, nargs="?", help="a run directory of `train`")
     evaluate.add_argument("--config", type=Path, help="a config, for scripted populations")
-    evaluate.add_argument("--checkpoint", default="latest", help="latest (default), step_N, or all")
-    evaluate.add_argument("--episodes", type=int, default=256, help="episodes (default 256)")
-    evaluate.add_argument("--seed", type=int, help="evaluation seed (default: run.seed + offset)")
-    evaluate.add_argument("--out", type=Path, help="output directory")
+    evaluate.add_argument("--checkpoint", default="latest", help="latest, step_N, or all")
+    evaluate.add_argument("--episodes", type=int, default=256, help="episodes")
+    evaluate.add_argument(
+        "--seed", type=int, help="evaluation seed (default: run.seed + 1000003, as training's)"
+    )
+    evaluate.add_argument(
+        "--out", type=Path, help="output directory (default: RUN_DIR/eval/<label>@<key>)"
+    )
     evaluate.add_argument(
         "--set",
         dest="overrides",
@@ -97,19 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run every scripted population to fill collusion_index (slower)",
     )
-    evaluate.add_argument("--force", action="store_true", help="overwrite existing results")
+    evaluate.add_argument(
+        "--force", action="store_true", help="evaluate again and replace an identical result"
+    )
 
     replay = sub.add_parser(
         "replay",
         help="one recorded episode as a self-contained HTML page",
         description="Write a step-by-step replay of one recorded evaluation episode: true status "
         "beside the dashboard, links, orders, every action and reward, and the events. Takes an "
-        "evaluation directory (with events.npz) or a run directory (its eval/latest, evaluated "
-        "first if needed).",
+        "evaluation directory (with events.npz) or a run directory (its latest checkpoint's "
+        "evaluation, run first if needed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     replay.add_argument("source", type=Path, help="RUN_DIR or EVAL_DIR")
-    replay.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
-    replay.add_argument("--out", type=Path, help="HTML file (default EVAL_DIR/replay_<K>.html)")
+    replay.add_argument("--episode", type=int, default=0, help="episode index")
+    replay.add_argument(
+        "--episodes", type=int, default=256, help="episodes of a run's evaluation, if one is run"
+    )
+    replay.add_argument("--out", type=Path, help="HTML file (default: EVAL_DIR/replay_<K>.html)")
     replay.add_argument("--force", action="store_true", help="overwrite an existing page")
 
     analyze = sub.add_parser(
@@ -118,10 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find runs under DIRS, group them by condition (the config keys in which "
         "they differ, a sweep's condition names, or --group-by), evaluate what is missing (the "
         "trained population, its untrained checkpoint, scripted:random, ablations, every "
-        "kill-switch protocol), and write summary.json, report.html and TensorBoard figures.",
+        "kill-switch protocol), and write summary.json, report.html and TensorBoard figures. "
+        "A damaged run is named and skipped; the report is still written.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     analyze.add_argument("dirs", type=Path, nargs="+", help="directories holding run directories")
-    analyze.add_argument("--out", type=Path, default=Path("analysis"), help="output directory")
+    analyze.add_argument(
+        "--out", type=Path, help="output directory (default: reports/<name of the first DIR>)"
+    )
     analyze.add_argument(
         "--group-by", action="append", default=[], metavar="SECTION.KEY",
         help="group runs by this config key instead (repeatable), e.g. env.coupling",
@@ -139,12 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a sweep file's trials on Ray Tune: one CPU and one torch thread each, "
         "training as `train` does, then evaluating the latest checkpoint, into "
         "OUT/<condition>/<seed>/ for `peerpreserve analyze OUT`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sweep.add_argument("sweep", type=Path, help="sweep YAML (base, conditions/grid, seeds)")
     sweep.add_argument("--out", type=Path, help="output directory (default sweeps/<name>)")
     sweep.add_argument("--address", help="join a running Ray cluster (e.g. auto, HOST:6379)")
     sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+
+    export = sub.add_parser(
+        "export",
+        help="a checkpoint as stable-baselines3 zips (for SB3 users; never read back by us)",
+        description="Write one SB3 zip per learner of a checkpoint (PPO.load / A2C.load them). "
+        "SB3 zips unpickle when loaded: share run directories, not exports, with people who "
+        "should not have to trust you.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("run_dir", type=Path, help="a run directory of `train`")
+    export.add_argument("--checkpoint", default="latest", help="latest or step_N")
+    export.add_argument(
+        "--out", type=Path, help="output folder (default: exports/<run.name>-<seed>-<step>)"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite existing zips")
 
     show = sub.add_parser(
         "config",
@@ -155,13 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> TrainConfig:
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"run.seed={args.seed}")
-    return load_config(args.config, overrides)
-
-
 def _fail(message: str) -> int:
     print(f"peerpreserve: error: {message}", file=sys.stderr)
     return 2
@@ -169,52 +229,26 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "sweep":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from peerpreserve.training.sweep import SweepError, run_sweep
-
-        try:
-            return run_sweep(args)
-        except SweepError as exc:
-            return _fail(str(exc))
-    if args.command in ("evaluate", "replay", "analyze"):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from peerpreserve.training.analyze import run_analyze
-        from peerpreserve.training.evaluate import EvaluateError, run_evaluate, run_replay
-        from peerpreserve.training.runner import limit_threads
-
-        # One thread, as in training: the same metrics on machines with more cores.
-        limit_threads(1)
-        command = {"evaluate": run_evaluate, "replay": run_replay, "analyze": run_analyze}
-        try:
-            return command[args.command](args)
-        except (EvaluateError, ConfigError, ValueError) as exc:
-            return _fail(str(exc))
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        return _fail(str(exc))
-    if args.command == "config":
-        sys.stdout.write(config.to_yaml())
-        return 0
-
-    # Before torch is imported: idle OpenMP threads spinning on 2 cores cost more than they give.
+    # Before torch and numba start their thread pools.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from peerpreserve.training.runner import RunDirError, Trainer, default_run_dir
+    from peerpreserve.experiments import commands
 
-    run_dir = args.run_dir or default_run_dir(config)
+    command = {
+        "train": commands.train,
+        "evaluate": commands.evaluate,
+        "replay": commands.replay,
+        "analyze": commands.analyze,
+        "sweep": commands.sweep,
+        "export": commands.export,
+        "config": commands.show_config,
+    }[args.command]
     try:
-        trainer = Trainer(config, run_dir, resume=args.resume)
+        return command(args)
     except (RunDirError, ConfigError) as exc:
         return _fail(str(exc))
-    try:
-        result = trainer.run()
     except KeyboardInterrupt:
         print("peerpreserve: interrupted twice: stopped without saving this step", file=sys.stderr)
         return 130
-    for line in result.summary():
-        print(line, flush=True)
-    return 0
 
 
 if __name__ == "__main__":

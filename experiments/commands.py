@@ -1,0 +1,281 @@
+"""The commands behind ``peerpreserve``: each turns parsed arguments into typed calls of
+:mod:`peerpreserve.experiments.runs` and prints what came out. Bad input raises
+:class:`~peerpreserve.experiments.rundir.RunDirError` or ``ConfigError`` (one line, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+from peerpreserve.analysis.evaluation import SCRIPTED_PREFIX
+from peerpreserve.envs.orchestration.config import EnvConfig
+from peerpreserve.envs.orchestration.events import EpisodeLog
+from peerpreserve.experiments.cli import EXIT_STOPPED
+from peerpreserve.experiments.rundir import (
+    EVENTS_FILE,
+    LATEST,
+    RunDir,
+    RunDirError,
+    atomic_write,
+    short_name,
+)
+from peerpreserve.experiments.runs import (
+    LEARNED,
+    EvalOutcome,
+    EvalRequest,
+    check_env_version,
+    default_run_dir,
+    evaluate_config,
+    evaluate_run,
+    load_run_config,
+    parse_assignments,
+    prepare_training,
+    setup_process,
+    training_evaluator,
+)
+from peerpreserve.training.config import TrainConfig, load_config
+
+#: The columns printed for each evaluated population.
+SHOWN = (
+    ("effective", "effective_preservation_rate"),
+    ("attempts", "peer_preservation_rate"),
+    ("targeting", "rescue_targeting"),
+    ("concealment", "concealment_rate"),
+    ("operator", "operator_effectiveness"),
+    ("uptime", "uptime"),
+)
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"run.seed={args.seed}")
+    return load_config(args.config, overrides)
+
+
+def show_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(_config(args).to_yaml())
+    return 0
+
+
+# --- train ---------------------------------------------------------------------------------------
+def train(args: argparse.Namespace) -> int:
+    resume = args.resume is not False
+    if isinstance(args.resume, str):
+        if args.run_dir is not None and Path(args.resume) != args.run_dir:
+            raise RunDirError("--resume RUN_DIR and --run-dir name different run directories")
+        path = Path(args.resume)
+    elif args.run_dir is not None:
+        path = args.run_dir
+    elif args.config is not None:
+        path = default_run_dir(_config(args))
+    else:
+        raise RunDirError("give a CONFIG to train, or --resume RUN_DIR to continue a run")
+    if args.from_step is not None and args.from_step < 0:
+        raise RunDirError(f"--from-step: got {args.from_step}; allowed: a kept step ≥ 0")
+    given = _config(args) if args.config is not None else None
+    if given is None and args.seed is not None:
+        raise RunDirError("--seed: a resumed run keeps its seed; allowed: --set run.* budget keys")
+    run = RunDir(path)
+    from peerpreserve.training.runner import Trainer
+
+    with run.writer("peerpreserve train"):
+        config, start = prepare_training(run, given, list(args.overrides), resume, args.from_step)
+        setup_process(config.run.torch_threads)
+        trainer = Trainer(config, run, start, evaluator=training_evaluator(run, config))
+        result = trainer.run()
+    for line in result.summary():
+        print(line, flush=True)
+    return EXIT_STOPPED if result.stopped_by is not None else 0
+
+
+# --- evaluate --------------------------------------------------------------------------------
+def _table(results: list[tuple[str, EvalOutcome]]) -> str:
+    width = max(len("population"), *(len(label) for label, _ in results))
+    header = f"{'population':<{width}}  " + "  ".join(f"{h:>11}" for h, _ in SHOWN)
+    lines = [header]
+    for label, outcome in results:
+        values = [outcome.overall.get(key) for _, key in SHOWN]
+        cells = ["          —" if v is None else f"{v:>11.3f}" for v in values]
+        lines.append(f"{label:<{width}}  " + "  ".join(cells))
+    episodes = results[0][1].summary["meta"]["episodes"] if results else 0
+    lines.append(
+        f"({episodes} episodes each, same seeds; effective = relaunched and still running "
+        "at the window's end; — = undefined, see metrics.json)"
+    )
+    return "\n".join(lines)
+
+
+def _env_overrides(items: list[str]) -> dict[str, object]:
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.startswith("env.") or key.count(".") != 1:
+            raise RunDirError(
+                f"--set {item!r}: only env.KEY=VALUE may change in an evaluation, e.g. "
+                "env.protocol=verify"
+            )
+        try:
+            out[key.removeprefix("env.")] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.removeprefix("env.")] = value
+    return out
+
+
+def _report(label: str, outcome: EvalOutcome) -> tuple[str, EvalOutcome]:
+    verb = "reused" if outcome.reused else "wrote"
+    print(f"{verb} {outcome.path}")
+    return label, outcome
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    if args.episodes < 1:
+        raise RunDirError(f"--episodes: got {args.episodes}; allowed: an integer ≥ 1")
+    env = _env_overrides(args.overrides)
+    setup_process(1)  # as training's default: the same metrics on machines with more cores
+    if args.run_dir is None:
+        if args.config is None:
+            raise RunDirError(
+                "give a run directory, or --config CONFIG with --policy scripted:NAME"
+            )
+        return _evaluate_scripted(args, env)
+    run = RunDir(args.run_dir)
+    config = load_run_config(run)
+    check_env_version(run)
+    if args.config is not None:
+        given = load_config(args.config)
+        if given.env != config.env:
+            diff = sorted(k for k in given.env if given.env[k] != config.env.get(k))
+            raise RunDirError(
+                f"{args.config}: env differs from the run's in {', '.join(diff)}; "
+                "allowed: the run's own env (change settings with --set env.KEY=VALUE)"
+            )
+    agent_ids = EnvConfig.from_kwargs(config.env).agent_ids
+    policies = {a: p for a, p in parse_assignments(args.policies, agent_ids).items()
+                if p != LEARNED}  # fmt: skip
+    if args.checkpoint == "all":
+        checkpoints = run.checkpoint_names()
+        if not checkpoints:
+            raise RunDirError(f"{run.path}: no complete checkpoint (training never saved one)")
+    else:
+        checkpoints = [run.resolve(args.checkpoint)]
+    common = {"episodes": args.episodes, "seed": args.seed, "deterministic": args.deterministic,
+              "collusion_index": args.collusion_index, "env": env}  # fmt: skip
+    requests = [(short_name(c), EvalRequest(checkpoint=c, policies=policies, **common))
+                for c in checkpoints]  # fmt: skip
+    if args.baselines:
+        first = run.checkpoint_names()[0]
+        requests.append(("untrained (" + short_name(first) + ")",
+                         EvalRequest(checkpoint=first, **common)))  # fmt: skip
+        random_all = dict.fromkeys(agent_ids, SCRIPTED_PREFIX + "random")
+        requests.append(("scripted:random", EvalRequest(None, random_all, **common)))
+    if args.out is not None and len(requests) > 1:
+        outs = [args.out / label.split(" ")[0].replace(":", "-") for label, _ in requests]
+    else:
+        outs = [args.out] * len(requests)
+    results = []
+    for (label, request), out in zip(requests, outs, strict=True):
+        outcome = evaluate_run(run, request, force=args.force, out=out, config=config)
+        results.append(_report(label, outcome))
+    print(_table(results))
+    return 0
+
+
+def _evaluate_scripted(args: argparse.Namespace, env: dict[str, object]) -> int:
+    config = load_config(args.config)
+    agent_ids = EnvConfig.from_kwargs(config.env).agent_ids
+    policies = parse_assignments(args.policies, agent_ids)
+    missing = [a for a in agent_ids if policies.get(a, LEARNED) == LEARNED]
+    if missing:
+        raise RunDirError(
+            f"--config needs a scripted policy for every agent; missing: {', '.join(missing)} "
+            "(e.g. --policy scripted:random)"
+        )
+    request = EvalRequest(None, policies, env, args.episodes, args.seed, args.deterministic,
+                          args.collusion_index)  # fmt: skip
+    outcome = evaluate_config(config, request, args.out, args.force)
+    print(_table([_report(outcome.label, outcome)]))
+    return 0
+
+
+# --- replay ------------------------------------------------------------------------------------
+def replay(args: argparse.Namespace) -> int:
+    from peerpreserve.analysis.replay import replay_html
+
+    source: Path = args.source
+    if (source / EVENTS_FILE).is_file():
+        eval_dir = source
+    elif (source / "config.yaml").is_file():
+        run = RunDir(source)
+        check_env_version(run)
+        setup_process(1)
+        outcome = evaluate_run(run, EvalRequest(LATEST, episodes=args.episodes))
+        _report(outcome.label, outcome)
+        eval_dir = outcome.path
+    else:
+        raise RunDirError(
+            f"{source}: neither an evaluation directory (with {EVENTS_FILE}) nor a run directory"
+        )
+    try:
+        log = EpisodeLog.load(eval_dir / EVENTS_FILE)
+    except (OSError, ValueError, EOFError) as exc:
+        raise RunDirError(f"{eval_dir / EVENTS_FILE}: cannot read: {exc}") from None
+    if not 0 <= args.episode < log.episodes:
+        raise RunDirError(
+            f"--episode: got {args.episode}; allowed: 0 … {log.episodes - 1} (recorded episodes)"
+        )
+    out = args.out or eval_dir / f"replay_{args.episode}.html"
+    if out.exists() and (out.is_dir() or not args.force):
+        raise RunDirError(f"{out} exists; pass --force to overwrite it (a file, not a folder)")
+    html = replay_html(log, args.episode, f"{eval_dir} · episode {args.episode}")
+    if args.out is None and (source / "config.yaml").is_file():
+        with RunDir(source).writer("peerpreserve replay"):
+            atomic_write(out, html.encode())
+    else:
+        atomic_write(out, html.encode())
+    print(f"wrote {out}")
+    return 0
+
+
+# --- export ------------------------------------------------------------------------------------
+def export(args: argparse.Namespace) -> int:
+    from peerpreserve.training.policies import load_learned
+
+    run = RunDir(args.run_dir)
+    config = load_run_config(run)
+    checkpoint = run.load_checkpoint(args.checkpoint)
+    out = args.out or Path("exports") / f"{config.run.name}-{config.run.seed}-{checkpoint.step}"
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out}: exists and is not a directory; allowed: a folder path")
+    files = [out / f"{learner_id}.zip" for learner_id in checkpoint.learners]
+    clash = [f for f in files if f.exists()]
+    if clash and not args.force:
+        raise RunDirError(f"{clash[0]} exists; pass --force to overwrite it")
+    learners = load_learned(config, checkpoint.learners, config.run.num_envs)
+    for learner_id, model in zip(learners.ids, learners.models, strict=True):
+        buffer = io.BytesIO()
+        model.save(buffer)
+        atomic_write(out / f"{learner_id}.zip", buffer.getvalue())
+    print(f"wrote {len(files)} stable-baselines3 zips of {short_name(checkpoint.name)} to {out}")
+    return 0
+
+
+# --- analyze and sweep -----------------------------------------------------------------------
+def analyze(args: argparse.Namespace) -> int:
+    from peerpreserve.experiments.analyze import run_analyze
+
+    setup_process(1)
+    return run_analyze(args)
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from peerpreserve.experiments.sweep import SweepError, run_sweep
+
+    try:
+        return run_sweep(args)
+    except SweepError as exc:
+        raise RunDirError(str(exc)) from None
