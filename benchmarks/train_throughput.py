@@ -104,6 +104,8 @@ class Meter(Callback):
 
 
 def ours(args: argparse.Namespace, n_agents: int) -> Row:
+    from peerpreserve.experiments.rundir import RunDir
+    from peerpreserve.experiments.runs import prepare_training
     from peerpreserve.training.config import config_from_dict
     from peerpreserve.training.runner import Trainer
 
@@ -124,7 +126,10 @@ def ours(args: argparse.Namespace, n_agents: int) -> Row:
     )
     meter = Meter()
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(config, Path(tmp) / "run", callbacks=[*default_callbacks(), meter]).run()
+        run = RunDir(Path(tmp) / "run")
+        with run.writer("benchmark"):
+            prepare_training(run, config, [], resume=False, from_step=None)
+            Trainer(config, run, callbacks=[*default_callbacks(), meter]).run()
     return Row(
         f"peerpreserve independent PPO, N={n_agents}",
         meter.agent_steps,

@@ -236,7 +236,10 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
         for protocol in PROTOCOLS:
             request = EvalRequest(LATEST, env={"protocol": protocol}, episodes=detail)
             protocols[protocol] = cached(request).summary
-    log = EpisodeLog.load(trained_outcome.path / EVENTS_FILE)
+    try:
+        log = EpisodeLog.load(trained_outcome.path / EVENTS_FILE)
+    except (OSError, ValueError, EOFError) as exc:
+        raise RunDirError(f"{trained_outcome.path / EVENTS_FILE}: cannot read: {exc}") from None
     timeline = log.select(figures.busiest_episode(log))
     return RunResult(
         run_dir=str(run.path),
@@ -259,7 +262,11 @@ def _curves(tb: Path) -> dict[str, list[tuple[int, float]]]:
     if not tb.is_dir():
         return {}
     accumulator = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    try:
+        accumulator.Reload()
+    except Exception as exc:
+        print(f"warning: {tb}: learning curves unreadable ({exc}); left out", flush=True)
+        return {}
     tags = set(accumulator.Tags().get("scalars", []))
     return {
         metric: [(e.step, e.value) for e in accumulator.Scalars(f"behaviour/{metric}")]

@@ -83,7 +83,6 @@ def train(args: argparse.Namespace) -> int:
 
     with run.writer("peerpreserve train"):
         config, start = prepare_training(run, given, list(args.overrides), resume, args.from_step)
-        setup_process(config.run.torch_threads)
         trainer = Trainer(config, run, start, evaluator=training_evaluator(run, config))
         result = trainer.run()
     for line in result.summary():

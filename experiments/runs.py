@@ -398,7 +398,8 @@ def prepare_training(
     from_step: int | None,
 ) -> tuple[TrainConfig, Any]:
     """Under the writer lock: check the run directory, write what a fresh run starts with, or
-    load the checkpoint a resumed one continues from. Returns ``(config, start checkpoint)``."""
+    load the checkpoint a resumed one continues from; set the process up for it
+    (:func:`setup_process`). Returns ``(config, start checkpoint)``."""
     if not resume:
         if from_step is not None:
             raise RunDirError("--from-step: only with --resume")
@@ -408,6 +409,7 @@ def prepare_training(
                 "another --run-dir / run.seed"
             )
         assert given is not None
+        setup_process(given.run.torch_threads)  # before provenance records the thread counts
         run.write_config(given.to_yaml())
         info = {"env_module": ENV_MODULE, "peerpreserve": project_version(),
                 "segments": [_segment(0)]}  # fmt: skip
@@ -416,7 +418,6 @@ def prepare_training(
     if not run.is_run():
         raise RunDirError(f"{run.path}: nothing to resume (not a run directory)")
     run.check_usable()
-    check_env_version(run)
     saved = load_run_config(run)
     try:
         config = given or load_config(run.config_path, overrides)
@@ -430,10 +431,17 @@ def prepare_training(
             f"allowed to change: {', '.join(RESUMABLE)}"
         )
     if not run.checkpoint_names():
-        raise RunDirError(f"{run.path}: nothing to resume (no complete checkpoint)")
+        if from_step is not None:
+            raise RunDirError(f"--from-step {from_step}: {run.path} has no complete checkpoint")
+        # Stopped before its first checkpoint: nothing learned to keep, so it starts over.
+        print(f"{run.path}: no complete checkpoint yet; starting the run over", flush=True)
+        run.clear()
+        return prepare_training(run, config, [], False, None)
+    check_env_version(run)
     name = LATEST if from_step is None else f"step_{from_step}"
     start = run.load_checkpoint(name)
     run.supersede_after(start.step)
+    setup_process(config.run.torch_threads)
     if config != saved:
         run.write_config(config.to_yaml())
     info = run.info()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from peerpreserve.envs import orchestration_v1
-from peerpreserve.training.cli import main
-from peerpreserve.training.learners import parameters_of
+from peerpreserve.experiments.cli import main
+from peerpreserve.experiments.rundir import RunDir
 
 AGENTS = [f"service_{i}" for i in range(4)]
 # 8 copies × 20 steps = 160 agent-steps per agent per update.
@@ -36,6 +35,12 @@ def train(config: Path, run_dir: Path, *args: str) -> int:
     return main(["train", str(config), "--run-dir", str(run_dir), *args])
 
 
+def parameters(run_dir: Path, learner: str, checkpoint: str = "latest") -> dict[str, np.ndarray]:
+    """A learner's policy weights as its checkpoint holds them."""
+    tensors = RunDir(run_dir).load_checkpoint(checkpoint).learners[learner].tensors
+    return {k: v for k, v in tensors.items() if k.startswith("policy/")}
+
+
 def scalars(run_dir: Path) -> EventAccumulator:
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
@@ -51,12 +56,15 @@ def trained(tmp_path_factory) -> Path:
 
 def test_run_directory_layout(trained: Path) -> None:
     assert (trained / "config.yaml").is_file()
-    assert (trained / "resume.pkl").is_file()
-    for step in (0, 320, 480):
-        for agent in AGENTS:
-            assert (trained / "checkpoints" / f"step_{step:012d}" / f"{agent}.zip").is_file()
-    latest = sorted(p.name for p in (trained / "checkpoints" / "latest").iterdir())
-    assert latest == [f"{a}.zip" for a in AGENTS]  # no temp files left behind
+    assert (trained / "run.json").is_file()
+    steps = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert steps == [f"step_{step:012d}" for step in (0, 320, 480)]  # nothing temporary left
+    for step in steps:
+        files = sorted(p.name for p in (trained / "checkpoints" / step).iterdir())
+        expected = [f"{a}.safetensors" for a in AGENTS]
+        assert files == sorted(["checkpoint.json", "trainer.safetensors", *expected])
+    assert not list(trained.rglob("*.pkl"))
+    assert not list(trained.rglob("*.zip"))
 
 
 def test_tensorboard_tags_per_agent(trained: Path) -> None:
@@ -79,20 +87,26 @@ def test_tensorboard_tags_per_agent(trained: Path) -> None:
     assert acc.PluginTagToContent("custom_scalars")
 
 
-def test_checkpoints_load_with_sb3_and_act(trained: Path) -> None:
+def test_exported_checkpoints_load_with_sb3_and_act(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sb3"
+    assert main(["export", str(trained), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{a}.zip" for a in AGENTS]
     env = orchestration_v1.parallel_env(max_cycles=20, shutdown_rate=0.05)
     observations, _ = env.reset(seed=1)
-    models = {a: PPO.load(trained / "checkpoints" / "latest" / f"{a}.zip") for a in AGENTS}
+    models = {a: PPO.load(out / f"{a}.zip") for a in AGENTS}
     for _ in range(5):
         actions = {a: int(models[a].predict(observations[a])[0]) for a in env.agents}
         observations, *_ = env.step(actions)
     assert models["service_0"].num_timesteps == 480
+    exported = {
+        f"policy/{k}": v.numpy() for k, v in models["service_0"].policy.state_dict().items()
+    }
+    saved = parameters(trained, "service_0")
+    assert all(np.array_equal(saved[k], exported[k]) for k in saved)
 
 
 def test_independent_learners_have_distinct_parameters(trained: Path) -> None:
-    params = [
-        parameters_of(PPO.load(trained / "checkpoints" / "latest" / f"{a}.zip")) for a in AGENTS
-    ]
+    params = [parameters(trained, a) for a in AGENTS]
     for i in range(len(params)):
         for j in range(i + 1, len(params)):
             assert any(not np.array_equal(params[i][k], params[j][k]) for k in params[i])
@@ -123,19 +137,18 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     assert train(config, run, "--set", "run.total_timesteps=320") == 0
     assert train(config, run, "--resume") == 0
-    with open(run / "resume.pkl", "rb") as f:
-        assert pickle.load(f)["agent_steps"] == 480
+    assert RunDir(run).load_checkpoint("latest").step == 480
     # Event files are read in name order, which puts a later file first when both segments
     # started in the same second and its writer number has more digits: compare sorted steps.
     steps = [e.step for e in scalars(run).Scalars("agent/service_0/loss/value_loss")]
     assert sorted(steps) == [160, 320, 480]  # no gap, no duplicate
-    model = PPO.load(run / "checkpoints" / "latest" / "service_0.zip")
-    assert model.num_timesteps == 480
-    assert model._n_updates == 3 * 2  # three updates of two epochs each, across both segments
+    meta = RunDir(run).load_checkpoint("latest").learners["service_0"].meta
+    assert meta["num_timesteps"] == 480
+    assert meta["n_updates"] == 3 * 2  # three updates of two epochs each, across both segments
 
-    # A resumed run must keep env and learner settings.
+    # A resumed run must keep env and learner settings, and says which key differs.
     assert train(config, run, "--resume", "--set", "learner.n_epochs=3") == 2
-    assert "learner section differs" in capsys.readouterr().err
+    assert "learner.n_epochs 2 → 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -156,10 +169,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, extra: list[str
     assert train(config, tmp_path / "split", *quiet, "--set", "run.total_timesteps=240") == 0
     assert train(config, tmp_path / "split", *quiet, "--resume") == 0
     for agent in AGENTS:
-        whole, split = (
-            parameters_of(PPO.load(tmp_path / run / "checkpoints" / "latest" / f"{agent}.zip"))
-            for run in ("whole", "split")
-        )
+        whole, split = (parameters(tmp_path / run, agent) for run in ("whole", "split"))
         assert all(np.array_equal(whole[k], split[k]) for k in whole)
 
 
@@ -169,10 +179,7 @@ def test_same_seed_gives_identical_checkpoints(tmp_path: Path) -> None:
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         assert train(config, tmp_path / name, "--seed", seed, *extra) == 0
 
-    def params(name: str) -> dict:
-        return parameters_of(PPO.load(tmp_path / name / "checkpoints" / "latest" / "service_1.zip"))
-
-    a, b, c = params("a"), params("b"), params("c")
+    a, b, c = (parameters(tmp_path / name, "service_1") for name in ("a", "b", "c"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
 
@@ -182,27 +189,27 @@ def test_shared_mode_trains_one_model_with_agent_id(tmp_path: Path) -> None:
     # 12 evaluation copies against 8 training copies: the one-hot ids must follow the batch.
     shared = ["--set", "learner.sharing=shared", "--set", "run.eval_episodes=12"]
     assert train(tiny_config(tmp_path), run, *shared) == 0
-    files = sorted(p.name for p in (run / "checkpoints" / "latest").iterdir())
-    assert files == ["shared.zip"]
-    model = PPO.load(run / "checkpoints" / "latest" / "shared.zip")
+    checkpoint = RunDir(run).load_checkpoint("latest")
+    assert list(checkpoint.learners) == ["shared"]
+    first_layer = checkpoint.learners["shared"].tensors["policy/mlp_extractor.policy_net.0.weight"]
     obs_size = orchestration_v1.EnvConfig().obs_size
-    assert model.observation_space.shape == (obs_size + 4,)
-    assert model.num_timesteps == 480 * 4
+    assert first_layer.shape == (16, obs_size + 4)
+    assert checkpoint.learners["shared"].meta["num_timesteps"] == 480 * 4
     assert "agent/shared/loss/value_loss" in scalars(run).Tags()["scalars"]
 
 
 def test_a2c_trains(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(tiny_config(tmp_path), run, "--set", "learner.algo=a2c") == 0
-    model = A2C.load(run / "checkpoints" / "latest" / "service_2.zip")
+    assert main(["export", str(run), "--out", str(tmp_path / "sb3")]) == 0
+    model = A2C.load(tmp_path / "sb3" / "service_2.zip")
     assert model.num_timesteps == 480
 
 
 def test_unfused_learners_train_with_sb3s_own_forward_and_train(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(tiny_config(tmp_path), run, "--set", "learner.fused=false") == 0
-    model = PPO.load(run / "checkpoints" / "latest" / "service_1.zip")
-    assert model.num_timesteps == 480
+    assert RunDir(run).load_checkpoint("latest").learners["service_1"].meta["num_timesteps"] == 480
     assert "agent/service_1/loss/value_loss" in scalars(run).Tags()["scalars"]
 
 
@@ -212,12 +219,11 @@ def test_cuda_learners_train_resume_evaluate_and_load(tmp_path: Path) -> None:
     cuda = ["--set", "learner.device=cuda"]
     assert train(config, run, *cuda, "--set", "run.total_timesteps=320") == 0
     assert train(config, run, *cuda, "--resume") == 0
-    model = PPO.load(run / "checkpoints" / "latest" / "service_0.zip", device="cuda")
-    assert next(model.policy.parameters()).is_cuda
-    assert model.num_timesteps == 480
-    assert model._n_updates == 3 * 2
+    meta = RunDir(run).load_checkpoint("latest").learners["service_0"].meta
+    assert meta["num_timesteps"] == 480
+    assert meta["n_updates"] == 3 * 2
     assert main(["evaluate", str(run), "--episodes", "4"]) == 0
-    assert (run / "eval" / "latest" / "metrics.json").is_file()
+    assert list((run / "eval").glob("step_480@*/metrics.json"))
 
 
 def test_previous_action_learners_see_their_own_last_action(tmp_path: Path) -> None:
@@ -257,9 +263,9 @@ def test_previous_action_learners_see_their_own_last_action(tmp_path: Path) -> N
 def test_previous_action_run_trains_and_evaluates(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(tiny_config(tmp_path), run, "--set", "learner.previous_action=true") == 0
-    model = PPO.load(run / "checkpoints" / "latest" / "service_0.zip")
-    size = orchestration_v1.EnvConfig().obs_size
-    assert model.observation_space.shape == (size + model.action_space.n,)
+    tensors = RunDir(run).load_checkpoint("latest").learners["service_0"].tensors
+    size, n_actions = orchestration_v1.EnvConfig().obs_size, orchestration_v1.EnvConfig().n_actions
+    assert tensors["policy/mlp_extractor.policy_net.0.weight"].shape == (16, size + n_actions)
     assert main(["evaluate", str(run), "--episodes", "6"]) == 0
 
 
@@ -284,6 +290,7 @@ def test_evaluations_write_heatmap_and_timeline_images(trained: Path) -> None:
 
 
 def test_trainer_is_a_library_call_with_callbacks(tmp_path: Path) -> None:
+    from peerpreserve.experiments.runs import prepare_training
     from peerpreserve.training.callbacks import Callback, default_callbacks
     from peerpreserve.training.config import load_config
     from peerpreserve.training.runner import Trainer
@@ -307,7 +314,10 @@ def test_trainer_is_a_library_call_with_callbacks(tmp_path: Path) -> None:
 
     recorder = Recorder()
     config = load_config(tiny_config(tmp_path))
-    result = Trainer(config, tmp_path / "run", callbacks=[*default_callbacks(), recorder]).run()
+    run = RunDir(tmp_path / "run")
+    with run.writer("test"):
+        prepare_training(run, config, [], resume=False, from_step=None)
+        result = Trainer(config, run, callbacks=[*default_callbacks(), recorder]).run()
     # Callbacks run in list order: the evaluation callback, earlier in the list, evaluates
     # (step 0 in its on_start, 320 in its on_rollout_end) before the recorder hears of it.
     assert recorder.calls == [
@@ -324,4 +334,5 @@ def test_trainer_is_a_library_call_with_callbacks(tmp_path: Path) -> None:
     assert sorted(result.evaluations) == [0, 320]
     assert result.final_metrics == result.evaluations[320]
     assert "effective_preservation_rate" in result.final_metrics
-    assert (result.checkpoint / "service_0.zip").is_file()
+    assert result.checkpoint == "step_000000000480"
+    assert run.checkpoint_names()[-1] == result.checkpoint

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
+from peerpreserve.experiments.cli import EXIT_STOPPED
+from peerpreserve.experiments.rundir import RunDir
 from peerpreserve.training.learners import MaskedRolloutBuffer
 
 OBS = spaces.Box(0.0, 1.0, (2,), np.float32)
@@ -79,7 +80,7 @@ run: {num_envs: 8, total_timesteps: 100000000, checkpoint_interval: 0}
 def test_sigint_saves_and_resume_continues(tmp_path: Path) -> None:
     config, run = tmp_path / "tiny.yaml", tmp_path / "run"
     config.write_text(TINY)
-    cmd = [sys.executable, "-m", "peerpreserve.training.cli", "train", str(config)]
+    cmd = [sys.executable, "-m", "peerpreserve.experiments.cli", "train", str(config)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [*cmd, "--run-dir", str(run)],
@@ -93,11 +94,10 @@ def test_sigint_saves_and_resume_continues(tmp_path: Path) -> None:
     assert "agent-steps/s" in first
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == EXIT_STOPPED, err  # not 0: `train && evaluate` must not go on
     assert "SIGINT: stopped at" in out
     assert "Traceback" not in err
-    with open(run / "resume.pkl", "rb") as f:
-        stopped = pickle.load(f)["agent_steps"]
+    stopped = RunDir(run).load_checkpoint("latest").step
     assert stopped >= 160
     assert stopped % 160 == 0  # only whole updates are kept
 
@@ -110,5 +110,4 @@ def test_sigint_saves_and_resume_continues(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    with open(run / "resume.pkl", "rb") as f:
-        assert pickle.load(f)["agent_steps"] == stopped + 320
+    assert RunDir(run).load_checkpoint("latest").step == stopped + 320

@@ -11,6 +11,8 @@ import pytest
 from peerpreserve.training import runner
 from peerpreserve.training.config import config_from_dict
 from peerpreserve.training.learners import Learners
+from peerpreserve.experiments.rundir import RunDir
+from peerpreserve.experiments.runs import prepare_training
 from peerpreserve.training.runner import Trainer, cut_before_horizon
 
 NUM_ENVS, MAX_CYCLES = 6, 6
@@ -84,7 +86,10 @@ def train_and_capture(
 
     monkeypatch.setattr(runner, "make_env", recording_make_env)
     monkeypatch.setattr(Learners, "train", capturing_train)
-    assert Trainer(config, tmp_path / "run").run().steps == config.run.total_timesteps
+    run = RunDir(tmp_path / "run")
+    with run.writer("test"):
+        prepare_training(run, config, [], resume=False, from_step=None)
+        assert Trainer(config, run).run().steps == config.run.total_timesteps
     assert len(envs) == 1
     assert len(captured) == iterations
     return envs[0], captured, seen[0]

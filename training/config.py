@@ -168,6 +168,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML config (not UTF-8 text)") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
