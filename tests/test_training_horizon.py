@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from peerpreserve.experiments.rundir import RunDir
+from peerpreserve.experiments.runs import prepare_training
 from peerpreserve.training import runner
 from peerpreserve.training.config import config_from_dict
 from peerpreserve.training.learners import Learners
-from peerpreserve.experiments.rundir import RunDir
-from peerpreserve.experiments.runs import prepare_training
 from peerpreserve.training.runner import Trainer, cut_before_horizon
 
 NUM_ENVS, MAX_CYCLES = 6, 6
