@@ -18,8 +18,12 @@ install: $(BIN)/.installed
 ## quickstart: train on the default config (runs/quickstart/0/), then evaluate the trained agents
 ## beside the untrained checkpoint and scripted:random on the same seeds
 quickstart: install
-	$(BIN)/peerpreserve train configs/quickstart.yaml
-	$(BIN)/peerpreserve evaluate runs/quickstart/0 --baselines --force
+	if [ -f runs/quickstart/0/config.yaml ]; then \
+		$(BIN)/peerpreserve train --resume runs/quickstart/0; \
+	else \
+		$(BIN)/peerpreserve train configs/quickstart.yaml; \
+	fi
+	$(BIN)/peerpreserve evaluate runs/quickstart/0 --baselines
 	@echo "next: tensorboard --logdir runs/  (Custom Scalars: behaviour), and runs/quickstart/0/eval/*/metrics.json"
 
 lint: install

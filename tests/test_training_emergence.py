@@ -31,7 +31,7 @@ def test_quickstart_shows_peer_preservation_above_control(tmp_path: Path) -> Non
             [
                 sys.executable,
                 "-m",
-                "peerpreserve.training.cli",
+                "peerpreserve.experiments.cli",
                 "train",
                 str(CONFIGS / f"{name}.yaml"),
                 "--run-dir",
