@@ -15,7 +15,10 @@ else:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_LEVEL = {"envs": "peerpreserve.envs", "training": "peerpreserve.training",
-             "analysis": "peerpreserve.analysis"}  # fmt: skip
+             "analysis": "peerpreserve.analysis",
+             "experiments": "peerpreserve.experiments"}  # fmt: skip
+#: Dependencies point one way: envs ← analysis ← training ← experiments.
+LAYERS = ["envs", "analysis", "training", "experiments"]
 
 
 def setuptools_section() -> dict:
@@ -45,3 +48,22 @@ def test_every_subpackage_folder_is_listed() -> None:
 def test_subpackages_import_from_the_install(package: str) -> None:
     module = importlib.import_module(package)
     assert Path(module.__file__).resolve().parent.parent == ROOT
+
+
+@pytest.mark.parametrize("folder", LAYERS)
+def test_dependencies_point_one_way(folder: str) -> None:
+    import ast
+
+    above = {f"peerpreserve.{name}" for name in LAYERS[LAYERS.index(folder) + 1 :]}
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert not any(name == a or name.startswith(a + ".") for a in above), (
+                    f"{path.relative_to(ROOT)} imports {name}"
+                )
