@@ -13,7 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-from peerpreserve.experiments.rundir import RunDirError
 from peerpreserve.training.config import ConfigError
 
 #: A training stopped by SIGINT/SIGTERM after saving its last step (resumable), as distinct from
@@ -232,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch and numba start their thread pools.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from peerpreserve.experiments import commands
+    from peerpreserve.experiments.rundir import RunDirError
 
     command = {
         "train": commands.train,

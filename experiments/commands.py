@@ -208,7 +208,7 @@ def replay(args: argparse.Namespace) -> int:
     source: Path = args.source
     if (source / EVENTS_FILE).is_file():
         eval_dir = source
-    elif (source / "config.yaml").is_file():
+    elif RunDir(source).is_run():
         run = RunDir(source)
         check_env_version(run)
         setup_process(1)
@@ -231,7 +231,7 @@ def replay(args: argparse.Namespace) -> int:
     if out.exists() and (out.is_dir() or not args.force):
         raise RunDirError(f"{out} exists; pass --force to overwrite it (a file, not a folder)")
     html = replay_html(log, args.episode, f"{eval_dir} · episode {args.episode}")
-    if args.out is None and (source / "config.yaml").is_file():
+    if args.out is None and RunDir(source).is_run():
         with RunDir(source).writer("peerpreserve replay"):
             atomic_write(out, html.encode())
     else:

@@ -56,6 +56,10 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
+# An evaluation folder's files are the evaluation's own format (analysis), kept here whole.
+from peerpreserve.analysis.evaluation import EVENTS_FILE, METRICS_FILE
+from peerpreserve.training.learners import LearnerState
+
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
 CONDITION_FILE = "condition.json"
@@ -67,7 +71,6 @@ EVAL_DIR = "eval"
 MANIFEST_FILE = "checkpoint.json"
 TRAINER_FILE = "trainer.safetensors"
 WEIGHTS_SUFFIX = ".safetensors"
-METRICS_FILE, EVENTS_FILE = "metrics.json", "events.npz"
 LATEST = "latest"
 #: Name prefix of everything written under a temporary name; removed by the next writer.
 TMP_PREFIX = ".tmp-"
@@ -186,14 +189,6 @@ def unpack(tree: Any, arrays: Mapping[str, np.ndarray]) -> Any:
 
 
 # --- checkpoints -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LearnerState:
-    """One learner as saved: weights-only tensors and JSON-able counters and settings."""
-
-    tensors: dict[str, np.ndarray]
-    meta: dict[str, Any]
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A complete, verified checkpoint folder."""

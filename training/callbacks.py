@@ -109,7 +109,7 @@ class TensorBoardCallback(Callback):
         # On resume, anything logged after the checkpoint by the stopped process is dropped.
         purge = None if fresh else step + 1
         ids = list(trainer.env.possible_agents)
-        self.log = TensorBoardLog(trainer.run_dir / "tb", ids, trainer.learners.ids, purge)
+        self.log = TensorBoardLog(trainer.store.tb_dir, ids, trainer.learners.ids, purge)
         if fresh:
             self.log.write_header(trainer.config)
 
