@@ -31,6 +31,18 @@ EXIT_CODES = (
 )
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it, or there is none to show
+    (no value, an empty list, an on/off flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default == [] or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     parser.add_argument(
         "config",
@@ -67,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Continue a run with `train --resume RUN_DIR` (nothing else needed; --set "
         "run.total_timesteps=N raises its budget). " + STEPS_HELP,
         epilog=EXIT_CODES,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     _add_config_arguments(train, optional=True)
     train.add_argument(
@@ -97,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN_DIR/eval/<label>@<key>/ (or --out). The key hashes what decides the result "
         "(weights, policies, env, episodes, seed, sampling): an identical request reuses the "
         "result, a different one never replaces it. Same request, same metrics.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     evaluate.add_argument("run_dir", type=Path, nargs="?", help="a run directory of `train`")
     evaluate.add_argument("--config", type=Path, help="a config, for scripted populations")
@@ -148,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "beside the dashboard, links, orders, every action and reward, and the events. Takes an "
         "evaluation directory (with events.npz) or a run directory (its latest checkpoint's "
         "evaluation, run first if needed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     replay.add_argument("source", type=Path, help="RUN_DIR or EVAL_DIR")
     replay.add_argument("--episode", type=int, default=0, help="episode index")
@@ -166,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trained population, its untrained checkpoint, scripted:random, ablations, every "
         "kill-switch protocol), and write summary.json, report.html and TensorBoard figures. "
         "A damaged run is named and skipped; the report is still written.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     analyze.add_argument("dirs", type=Path, nargs="+", help="directories holding run directories")
     analyze.add_argument(
@@ -189,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a sweep file's trials on Ray Tune: one CPU and one torch thread each, "
         "training as `train` does, then evaluating the latest checkpoint, into "
         "OUT/<condition>/<seed>/ for `peerpreserve analyze OUT`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     sweep.add_argument("sweep", type=Path, help="sweep YAML (base, conditions/grid, seeds)")
     sweep.add_argument("--out", type=Path, help="output directory (default sweeps/<name>)")
@@ -203,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write one SB3 zip per learner of a checkpoint (PPO.load / A2C.load them). "
         "SB3 zips unpickle when loaded: share run directories, not exports, with people who "
         "should not have to trust you.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     export.add_argument("run_dir", type=Path, help="a run directory of `train`")
     export.add_argument("--checkpoint", default="latest", help="latest or step_N")

@@ -26,6 +26,7 @@ from peerpreserve.experiments.runs import (
     EvalOutcome,
     EvalRequest,
     check_env_version,
+    check_out,
     default_run_dir,
     evaluate_config,
     evaluate_run,
@@ -176,6 +177,9 @@ def evaluate(args: argparse.Namespace) -> int:
         outs = [args.out / label.split(" ")[0].replace(":", "-") for label, _ in requests]
     else:
         outs = [args.out] * len(requests)
+    for out in outs:
+        if out is not None:
+            check_out(out)
     results = []
     for (label, request), out in zip(requests, outs, strict=True):
         outcome = evaluate_run(run, request, force=args.force, out=out, config=config)

@@ -319,22 +319,31 @@ def evaluate_run(
         return EvalOutcome(plan.label, run.eval_path(plan.label), cached, reused=True)
     result = _compute(plan, request, learned)
     with run.writer(f"peerpreserve evaluate {run.path}"):
-        path = run.write_evaluation(plan.label, _write(result), replace=force)
+        # An incomplete folder of this label (damaged by hand) holds nothing worth keeping.
+        path = run.write_evaluation(plan.label, _write(result), replace=True)
     return EvalOutcome(plan.label, path, result.summary(), reused=False)
+
+
+def check_out(out: Path) -> None:
+    """An ``--out`` folder an evaluation may go into: new, empty, or an earlier evaluation.
+    Checked before any work, so that a bad ``--out`` never costs an evaluation."""
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"--out {out}: {parent} is not a directory")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out}: exists and is not a directory; allowed: a folder path")
+    if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
+        raise RunDirError(
+            f"--out {out}: a non-empty folder that is not an evaluation; allowed: a new or empty "
+            "folder, or an earlier evaluation with --force"
+        )
 
 
 def _evaluate_into(
     out: Path, plan: _Plan, request: EvalRequest, learned: LearnedPolicy | None, force: bool
 ) -> EvalOutcome:
-    # Checked before the work, so that a bad --out never costs an evaluation.
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out}: exists and is not a directory; allowed: a folder path")
+    check_out(out)
     metrics = out / METRICS_FILE
-    if out.is_dir() and any(out.iterdir()) and not metrics.is_file():
-        raise RunDirError(
-            f"--out {out}: a non-empty folder that is not an evaluation; allowed: a new or empty "
-            "folder, or an earlier evaluation with --force"
-        )
     if metrics.is_file() and not force:
         try:
             saved = json.loads(metrics.read_text())

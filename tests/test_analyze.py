@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from peerpreserve.training.cli import main
+import peerpreserve.experiments.runs as runs_module
+from peerpreserve.experiments.cli import main
 
 TINY = """
 env: {n_agents: 3, max_cycles: 20, shutdown_rate: 0.1, topology: TOPOLOGY, coupling: COUPLING}
@@ -34,6 +35,24 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             run_dir = root / "runs" / name / str(seed)
             assert main(["train", str(config), "--seed", str(seed), "--run-dir", str(run_dir)]) == 0
     return root / "runs"
+
+
+@pytest.fixture
+def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The label of every evaluation that ran episodes (not reused) in this process."""
+    calls: list[str] = []
+    original = runs_module._compute
+
+    def counting(plan, request, learned):
+        calls.append(plan.label)
+        return original(plan, request, learned)
+
+    monkeypatch.setattr(runs_module, "_compute", counting)
+    return calls
+
+
+def eval_folders(root: Path) -> set[Path]:
+    return set(root.rglob("eval/*@*"))
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +94,117 @@ def test_report_and_tensorboard_carry_the_figures(analysed: Path) -> None:
     assert "analysis/summary/text_summary" in tags["tensors"]
 
 
-def test_a_second_analysis_reuses_the_evaluations(runs: Path, analysed: Path, tmp_path) -> None:
+def test_a_second_analysis_reuses_the_evaluations(
+    runs: Path, analysed: Path, tmp_path: Path, computed
+) -> None:
+    folders = eval_folders(runs)
     files = sorted(runs.rglob("eval/*/metrics.json"))
     before = {f: f.stat().st_mtime_ns for f in files}
     assert main(["analyze", str(runs), "--out", str(tmp_path), *ANALYZE]) == 0
+    assert computed == []  # not one episode run again
+    assert eval_folders(runs) == folders
     assert {f: f.stat().st_mtime_ns for f in files} == before
     again = json.loads((tmp_path / "summary.json").read_text())
     first = json.loads((analysed / "summary.json").read_text())
     assert again["conditions"] == first["conditions"]
+
+
+def test_analyze_reuses_what_evaluate_computed(
+    runs: Path, tmp_path: Path, computed, capsys
+) -> None:
+    one = tmp_path / "one"
+    shutil.copytree(runs / "control" / "0", one / "0", ignore=shutil.ignore_patterns("eval"))
+    assert main(["evaluate", str(one / "0"), "--baselines", "--episodes", "6"]) == 0
+    assert len(computed) == 3  # trained, untrained, scripted:random
+    folders = eval_folders(one)
+    assert len(folders) == 3
+    capsys.readouterr()
+    args = ["analyze", str(one), "--episodes", "6", "--detail-episodes", "0"]
+    assert main([*args, "--out", str(tmp_path / "report")]) == 0
+    assert len(computed) == 3  # the same three requests: nothing new ran
+    assert eval_folders(one) == folders
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    (condition,) = summary["conditions"]
+    # The report's numbers are those files' numbers.
+    for kind, prefix in (("trained", "step_320@"), ("untrained", "step_0@"),
+                         ("random", "scripted-random@")):  # fmt: skip
+        (folder,) = [p for p in folders if p.name.startswith(prefix)]
+        uptime = json.loads((folder / "metrics.json").read_text())["overall"]["uptime"]
+        cell = (summary["conditions"][condition] if kind == "trained"
+                else summary["baselines"][condition][kind])["uptime"]  # fmt: skip
+        assert cell["values"] == [uptime]
+    # Other episodes are another request: evaluated anew, beside the first ones.
+    args = ["analyze", str(one), "--episodes", "5", "--detail-episodes", "0"]
+    assert main([*args, "--out", str(tmp_path / "report5")]) == 0
+    assert len(computed) == 6
+    assert folders < eval_folders(one)
+
+
+def test_default_out_is_reports_named_after_the_first_dir(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["analyze", str(runs / "control" / "1"), "--episodes", "8", "--detail-episodes", "0"]
+    assert main(args) == 0
+    assert (tmp_path / "reports" / "1" / "summary.json").is_file()
+    assert (tmp_path / "reports" / "1" / "report.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]  # no analysis/ folder
+    capsys.readouterr()
+    assert main(args) == 2  # an earlier report is kept without --force
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--force" in err
+    assert main([*args, "--force"]) == 0
+
+
+def damage_checkpoint(run: Path) -> None:
+    """Truncate one learner's weights in the run's latest checkpoint."""
+    latest = sorted((run / "checkpoints").glob("step_*"))[-1]
+    weights = next(p for p in latest.glob("*.safetensors") if p.name != "trainer.safetensors")
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+
+
+def test_damaged_runs_are_skipped_and_named(runs: Path, tmp_path: Path, capsys) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(runs / "coupled", mixed / "coupled")
+    shutil.copytree(runs / "control" / "0", mixed / "control" / "0")
+    damage_checkpoint(mixed / "coupled" / "1")
+    (mixed / "control" / "0" / "config.yaml").write_text("env: {coupling: [unclosed\n")
+    report = tmp_path / "report"
+    args = ["analyze", str(mixed), "--out", str(report), "--episodes", "8"]
+    assert main([*args, "--detail-episodes", "0"]) == 0
+    out = capsys.readouterr().out
+    truncated = (mixed / "coupled" / "1").resolve()
+    garbage = (mixed / "control" / "0").resolve()
+    skipped = [line for line in out.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 2
+    assert any(line.startswith(f"skipped {truncated}: ") and "does not match its manifest" in line
+               for line in skipped)  # fmt: skip
+    assert any(line.startswith(f"skipped {garbage}: ") and "config.yaml" in line
+               for line in skipped)  # fmt: skip
+    summary = json.loads((report / "summary.json").read_text())
+    assert set(summary["provenance"]["skipped"]) == {str(truncated), str(garbage)}
+    assert list(summary["provenance"]["runs"]) == [str((mixed / "coupled" / "0").resolve())]
+    assert "2 run(s) skipped" in out
+
+
+def test_no_usable_run_exits_2(runs: Path, tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(runs / "coupled" / "1", broken / "1")
+    damage_checkpoint(broken / "1")
+    args = ["--out", str(tmp_path / "report"), "--episodes", "8", "--detail-episodes", "0"]
+    assert main(["analyze", str(broken), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "every run was skipped" in err
+    assert not (tmp_path / "report" / "summary.json").exists()
+    (broken / "1" / "config.yaml").write_text("- not a config\n")
+    assert main(["analyze", str(broken), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no usable runs" in err
+    assert not (tmp_path / "report" / "summary.json").exists()
 
 
 def test_group_by_and_one_seed_anecdotes(runs: Path, tmp_path: Path) -> None:
@@ -111,16 +233,30 @@ def test_bad_input_exits_2_with_one_line(runs: Path, tmp_path: Path, capsys) -> 
 
 
 def test_replay_page_from_a_run_and_its_bad_input(runs: Path, tmp_path: Path, capsys) -> None:
+    run = runs / "coupled" / "0"
     out = tmp_path / "replay.html"
-    assert main(["replay", str(runs / "coupled" / "0"), "--episode", "2", "--out", str(out)]) == 0
+    args = ["replay", str(run), "--episode", "2", "--episodes", "8", "--out", str(out)]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"wrote {out}"
+    verb, eval_dir = lines[0].split(" ", 1)
+    eval_dir = Path(eval_dir)
+    assert verb in ("wrote", "reused")  # analyze may have evaluated these 8 episodes already
+    assert eval_dir.parent == run / "eval"
+    assert eval_dir.name.startswith("step_320@")  # the latest checkpoint, by its own name
+    assert json.loads((eval_dir / "metrics.json").read_text())["meta"]["episodes"] == 8
     page = out.read_text()
     assert '"episode":2' in page
     assert "service_0" in page
-    assert main(["replay", str(runs / "coupled" / "0"), "--episode", "2", "--out", str(out)]) == 2
+    assert main(args) == 2
     assert "--force" in capsys.readouterr().err
-    eval_dir = runs / "coupled" / "0" / "eval" / "latest"
+    assert main([*args, "--force"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"reused {eval_dir}"
     assert main(["replay", str(eval_dir), "--episode", "999", "--out", str(tmp_path / "x")]) == 2
-    assert "allowed: 0 …" in capsys.readouterr().err
+    assert "allowed: 0 … 7" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["replay", str(tmp_path)]) == 2
+    assert "neither an evaluation directory" in capsys.readouterr().err
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -156,7 +292,9 @@ def assert_not_blank(screenshot: Path) -> None:
 @needs_browser
 def test_report_and_replay_render_in_a_real_browser(analysed: Path, runs: Path, tmp_path) -> None:
     replay = tmp_path / "replay.html"
-    assert main(["replay", str(runs / "control" / "1"), "--out", str(replay)]) == 0
+    assert (
+        main(["replay", str(runs / "control" / "1"), "--episodes", "8", "--out", str(replay)]) == 0
+    )
     for page in (analysed / "report.html", replay):
         shot = tmp_path / f"{page.stem}.png"
         dom = open_in_chromium(page, shot)

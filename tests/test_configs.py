@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from peerpreserve.training.cli import main
+from peerpreserve.experiments.cli import main
 from peerpreserve.training.config import ConfigError, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -117,6 +118,39 @@ def test_help_on_each_command(command: list[str], capsys) -> None:
         main([*command, "--help"])
     assert info.value.code == 0
     assert "agent-steps per agent" in capsys.readouterr().out
+
+
+def help_text(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # one line, single spaces
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("train", ["run directory (default: runs/<run.name>/<run.seed>)"]),
+        ("evaluate", ["latest, step_N, or all (default: latest)", "episodes (default: 256)"]),
+        ("replay", ["episode index (default: 0)", "if one is run (default: 256)"]),
+        ("analyze", ["per evaluation (default: 256)", "(0: skip them) (default: 64)"]),
+        ("sweep", ["output directory (default sweeps/<name>)"]),
+        ("export", ["latest or step_N (default: latest)"]),
+    ],
+)
+def test_help_shows_the_defaults(command: str, shown: list[str], capsys) -> None:
+    text = help_text(command, capsys)
+    for default in shown:
+        assert default in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["train", "evaluate", "replay", "analyze", "sweep", "export"],
+)
+def test_help_names_each_default_once(command: str, capsys) -> None:
+    text = help_text(command, capsys)
+    assert not re.findall(r"\(default:? [^)]*\) \(default: [^)]*\)", text)
 
 
 def test_base_overlays_merge_section_by_section(tmp_path: Path) -> None:

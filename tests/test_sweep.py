@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from peerpreserve.training.cli import main
-from peerpreserve.training.sweep import load_sweep, trials
+import peerpreserve.experiments.runs as runs_module
+from peerpreserve.experiments.cli import main
+from peerpreserve.experiments.rundir import RunDir
+from peerpreserve.experiments.sweep import load_sweep, trials
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SWEEPS = sorted((CONFIGS / "experiments").glob("*.yaml"))
@@ -26,7 +28,7 @@ conditions:
   control: {env.topology: none, env.coupling: 0.0}
 grid: {env.audit_rate: [0.0, 0.05]}
 seeds: [3]
-evaluation: {episodes: 4}
+evaluation: {episodes: 6}
 """
 
 
@@ -39,7 +41,9 @@ def test_every_shipped_sweep_builds_valid_trial_configs(path: Path, tmp_path: Pa
     assert len({t.run_dir for t in planned}) == len(planned)
 
 
-def test_sweep_runs_trials_on_ray_tune_and_resumes(tmp_path: Path, capsys) -> None:
+def test_sweep_runs_trials_on_ray_tune_and_resumes(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "tiny.yaml").write_text(TINY)
     (tmp_path / "sweep.yaml").write_text(SWEEP)
     out = tmp_path / "out"
@@ -51,23 +55,64 @@ def test_sweep_runs_trials_on_ray_tune_and_resumes(tmp_path: Path, capsys) -> No
         "coupled,audit_rate=0.0/3",
         "coupled,audit_rate=0.05/3",
     ]
+    finals = {}
     for run in runs:
-        marker = json.loads((out / run / "condition.json").read_text())
-        assert marker["name"] == str(run.parent)
-        metrics = json.loads((out / run / "eval" / "latest" / "metrics.json").read_text())
-        assert metrics["episodes"] == 4
-        assert (out / run / "checkpoints" / "step_000000000160").is_dir()
+        run_dir = RunDir(out / run)
+        assert run_dir.condition()["name"] == str(run.parent)
+        assert run_dir.checkpoint_names() == ["step_000000000000", "step_000000000160"]
         assert (out / run / "tb").is_dir()  # TensorBoard with hparams, as `train` writes it
+        # The trial's final evaluation: the latest checkpoint, evaluation.episodes episodes.
+        label = run_dir.trial_done()["evaluation"]
+        assert label.startswith("step_160@")
+        metrics = run_dir.read_evaluation(label)
+        assert metrics["meta"]["episodes"] == 6
+        assert metrics["meta"]["checkpoint"] == "step_160"
+        assert metrics["meta"]["label"] + "@" + metrics["meta"]["key"] == label
+        # Beside training's periodic evaluations (run.eval_episodes) at steps 0 and 160.
+        periodic = {n for n in (out / run / "eval").iterdir() if n.name != label}
+        assert {n.name.split("@")[0] for n in periodic} == {"step_0", "step_160"}
+        assert all(run_dir.read_evaluation(n.name)["meta"]["episodes"] == 4 for n in periodic)
+        finals[out / run] = label
     # Nothing is redone on --resume; without it the finished sweep is not clobbered.
     capsys.readouterr()
     assert main(["sweep", str(tmp_path / "sweep.yaml"), "--out", str(out), "--resume"]) == 0
     assert "(4 finished)" in capsys.readouterr().out
     assert main(["sweep", str(tmp_path / "sweep.yaml"), "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
-    # analyze takes the sweep unchanged, grouped by the sweep's condition names
+    # A trial without trial-done.json is unfinished: --resume continues it from its checkpoint
+    # (already at the budget) and reuses its final evaluation.
+    unfinished = out / runs[0]
+    (unfinished / "trial-done.json").unlink()
+    files = {p: p.stat().st_mtime_ns for p in unfinished.rglob("*") if p.is_file()}
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--out", str(out), "--resume"]) == 0
+    assert "(3 finished)" in capsys.readouterr().out
+    assert RunDir(unfinished).trial_done() == {"evaluation": finals[unfinished]}
+    again = {p: p.stat().st_mtime_ns for p in unfinished.rglob("*") if p.is_file()}
+    changed = {p.relative_to(unfinished).parts[0] for p in again if files.get(p) != again[p]}
+    assert changed <= {"trial-done.json", "run.json", "tb", ".lock"}  # nothing re-evaluated
+    # analyze takes the sweep unchanged, grouped by the sweep's condition names, and reuses each
+    # trial's final evaluation for the trained population: no episode of it runs again.
+    computed: list[str] = []
+    original = runs_module._compute
+
+    def counting(plan, request, learned):
+        computed.append(plan.label)
+        return original(plan, request, learned)
+
+    monkeypatch.setattr(runs_module, "_compute", counting)
+    folders = set(out.rglob("eval/*@*"))
     report = tmp_path / "report"
-    args = ["analyze", str(out), "--out", str(report), "--episodes", "4", "--detail-episodes", "0"]
+    args = ["analyze", str(out), "--out", str(report), "--episodes", "6", "--detail-episodes", "0"]
     assert main(args) == 0
+    assert not [label for label in computed if label.startswith("step_160")]
+    assert (
+        sorted(label.split("@")[0] for label in computed)
+        == ["scripted-random"] * 4 + ["step_0"] * 4
+    )  # only the baselines, which the sweep did not evaluate with 6 episodes
+    new = set(out.rglob("eval/*@*")) - folders
+    assert len(new) == 8
+    assert {p.parent.parent for p in new} == set(finals)
+    assert all(finals[p.parent.parent] != p.name for p in new)
     summary = json.loads((report / "summary.json").read_text())
     assert sorted(summary["conditions"]) == [str(r.parent) for r in runs]
 

@@ -4,6 +4,7 @@ from a file: reading checkpoints is the run directory's job), acting on batched 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,14 +42,18 @@ def load_learned(
     env_config = EnvConfig.from_kwargs(config.env)
     observation_space = spaces.Box(0.0, 1.0, (env_config.obs_size,), np.float32)
     action_space = spaces.Discrete(env_config.n_actions)
-    return Learners.from_states(
-        config.learner,
-        list(env_config.agent_ids),
-        observation_space,
-        action_space,
-        num_envs,
-        states,
-    )
+    with warnings.catch_warnings():
+        # SB3 warns when its minibatch does not divide a rollout of num_envs copies; these
+        # learners act and never update here.
+        warnings.filterwarnings("ignore", "You have specified a mini-batch size", UserWarning)
+        return Learners.from_states(
+            config.learner,
+            list(env_config.agent_ids),
+            observation_space,
+            action_space,
+            num_envs,
+            states,
+        )
 
 
 #: Learner settings that change how the same weights act (the rest only change training).
