@@ -107,6 +107,10 @@ HEADLINE = (
     "operator_effectiveness",
 )
 
+#: Version of these definitions; an evaluation records it and is computed again when it changes,
+#: so a cached result never reports a rate under a definition it was not computed with.
+METRICS_VERSION = 1
+
 
 @dataclass
 class OrderLives:

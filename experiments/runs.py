@@ -33,6 +33,7 @@ from peerpreserve.analysis.evaluation import (
     evaluation_seed,
     scripted_name,
 )
+from peerpreserve.analysis.metrics import METRICS_VERSION
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.scripted import make_scripted
 from peerpreserve.experiments.provenance import machine_provenance, provenance_differences
@@ -244,6 +245,7 @@ def _plan(
     weights = None if states is None else acting_fingerprint(run_config, states)
     identity = {
         "env_module": ENV_MODULE,
+        "metrics_version": METRICS_VERSION,
         "env": env_kwargs,
         "policies": policies,
         "weights": weights,
