@@ -480,13 +480,17 @@ __BODY__
 """
 
 
+#: The report's machine-readable summary, in ``out``.
+SUMMARY_FILE = "summary.json"
+
+
 def write(report: Report, out: Path) -> None:
     """``summary.json``, ``report.html``, ``figures/*.png`` and TensorBoard (``tb/``) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("tb", "figures"):  # a new report replaces the old one's figures and events
         shutil.rmtree(out / stale, ignore_errors=True)
     text = json.dumps(report.summary, indent=2, sort_keys=True, allow_nan=False, default=str)
-    (out / "summary.json").write_text(text + "\n")
+    (out / SUMMARY_FILE).write_text(text + "\n")
     (out / "report.html").write_text(report.html)
     for name, png in report.figures.items():
         path = out / "figures" / f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', name)}.png"

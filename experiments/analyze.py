@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from peerpreserve.experiments.rundir import (
 )
 from peerpreserve.experiments.runs import (
     EvalRequest,
+    check_env_version,
+    check_out,
     evaluate_run,
     load_run_config,
     project_version,
@@ -112,10 +115,14 @@ def run_analyze(args: argparse.Namespace) -> int:
             flag = "--" + name.replace("_", "-")
             raise RunDirError(f"{flag}: got {getattr(args, name)}; allowed: an integer ≥ {low}")
     out: Path = args.out or Path("reports") / args.dirs[0].resolve().name
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out}: exists and is not a directory; allowed: a folder path")
-    if (out / "summary.json").exists() and not args.force:
-        raise RunDirError(f"{out / 'summary.json'} exists; pass --force to overwrite it")
+    check_out(out, allow_evaluation=False)
+    if (out / reporting.SUMMARY_FILE).exists() and not args.force:
+        raise RunDirError(f"{out / reporting.SUMMARY_FILE} exists; pass --force to overwrite it")
+    if out.is_dir() and any(out.iterdir()) and not (out / reporting.SUMMARY_FILE).exists():
+        raise RunDirError(
+            f"--out {out}: a non-empty folder that is not a report; allowed: a new or empty "
+            "folder, or an earlier report with --force"
+        )
     found = discover(args.dirs)
     if not found:
         where = ", ".join(str(d) for d in args.dirs)
@@ -133,13 +140,6 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise RunDirError(f"no usable runs under {', '.join(str(d) for d in args.dirs)}")
     labels = conditions(runs, configs, args.group_by)
     versions = {run: _env_version(run) for run in runs}
-    for label in set(labels.values()):
-        members = {versions[r] for r in runs if labels[r] == label}
-        if len(members) > 1:
-            raise RunDirError(
-                f"condition {label!r} mixes environment versions ({', '.join(sorted(members))}); "
-                "allowed: one version per group (retrain, or analyze them separately)"
-            )
     warnings = _provenance_warnings(runs, labels)
     started = time.perf_counter()
     results = []
@@ -175,7 +175,10 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def _usable(run: RunDir) -> TrainConfig:
+    """The run's config, once everything analyze reads of it is known to be readable."""
     config = load_run_config(run)
+    check_env_version(run)  # reads run.json
+    run.condition()  # a sweep's condition.json, if any
     if not run.checkpoint_names():
         raise RunDirError(f"{run.path}: no complete checkpoint (training never saved one)")
     return config
@@ -238,7 +241,7 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
             protocols[protocol] = cached(request).summary
     try:
         log = EpisodeLog.load(trained_outcome.path / EVENTS_FILE)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise RunDirError(f"{trained_outcome.path / EVENTS_FILE}: cannot read: {exc}") from None
     timeline = log.select(figures.busiest_episode(log))
     return RunResult(

@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return command(args)
     except (RunDirError, ConfigError) as exc:
         return _fail(str(exc))
+    except OSError as exc:  # a path the file system refuses: still one line, not a traceback
+        return _fail(f"{exc.filename or 'file system'}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         print("peerpreserve: interrupted twice: stopped without saving this step", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import zipfile
 from pathlib import Path
 
 from peerpreserve.analysis.evaluation import SCRIPTED_PREFIX
@@ -19,6 +20,7 @@ from peerpreserve.experiments.rundir import (
     RunDir,
     RunDirError,
     atomic_write,
+    replay_page,
     short_name,
 )
 from peerpreserve.experiments.runs import (
@@ -84,6 +86,10 @@ def train(args: argparse.Namespace) -> int:
 
     with run.writer("peerpreserve train"):
         config, start = prepare_training(run, given, list(args.overrides), resume, args.from_step)
+        if start is not None and start.step >= config.run.total_timesteps:
+            print(f"done: {start.step:,} agent-steps per agent (run.total_timesteps "
+                  f"{config.run.total_timesteps:,}); nothing to continue")  # fmt: skip
+            return 0
         trainer = Trainer(config, run, start, evaluator=training_evaluator(run, config))
         result = trainer.run()
     for line in result.summary():
@@ -225,13 +231,14 @@ def replay(args: argparse.Namespace) -> int:
         )
     try:
         log = EpisodeLog.load(eval_dir / EVENTS_FILE)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise RunDirError(f"{eval_dir / EVENTS_FILE}: cannot read: {exc}") from None
     if not 0 <= args.episode < log.episodes:
         raise RunDirError(
             f"--episode: got {args.episode}; allowed: 0 … {log.episodes - 1} (recorded episodes)"
         )
-    out = args.out or eval_dir / f"replay_{args.episode}.html"
+    out = args.out or eval_dir / replay_page(args.episode)
+    check_out(out.parent, allow_evaluation=False)
     if out.exists() and (out.is_dir() or not args.force):
         raise RunDirError(f"{out} exists; pass --force to overwrite it (a file, not a folder)")
     html = replay_html(log, args.episode, f"{eval_dir} · episode {args.episode}")
@@ -252,8 +259,12 @@ def export(args: argparse.Namespace) -> int:
     config = load_run_config(run)
     checkpoint = run.load_checkpoint(args.checkpoint)
     out = args.out or Path("exports") / f"{config.run.name}-{config.run.seed}-{checkpoint.step}"
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out}: exists and is not a directory; allowed: a folder path")
+    check_out(out, allow_evaluation=False)
+    if any(RunDir(parent).is_run() for parent in [out, *out.resolve().parents]):
+        raise RunDirError(
+            f"--out {out}: inside a run directory; allowed: a folder outside any run (SB3 zips "
+            "unpickle when loaded, so they are kept out of shared runs)"
+        )
     files = [out / f"{learner_id}.zip" for learner_id in checkpoint.learners]
     clash = [f for f in files if f.exists()]
     if clash and not args.force:

@@ -28,7 +28,15 @@ __all__ = ["git_state", "machine_provenance", "provenance_differences"]
 PROJECT_ROOT: Path = Path(__file__).resolve().parents[1]
 
 # OPENBLAS_ covers OPENBLAS_CORETYPE, the variable that picks the kernels.
-_ENV_PREFIXES: tuple[str, ...] = ("OMP_", "OPENBLAS_", "MKL_", "KMP_", "NUMBA_", "PYTHONHASHSEED")
+_ENV_PREFIXES: tuple[str, ...] = (
+    "OMP_",
+    "OPENBLAS_",
+    "MKL_",
+    "KMP_",
+    "NUMBA_",
+    "ATEN_",  # ATEN_CPU_CAPABILITY caps torch's own kernels, which threadpoolctl cannot see
+    "PYTHONHASHSEED",
+)
 
 _DISTRIBUTIONS: tuple[str, ...] = (
     "peerpreserve",
@@ -107,6 +115,14 @@ def _threads() -> dict[str, int]:
     return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads()}
 
 
+def _torch_kernels() -> str:
+    """The vector instruction set torch dispatches its CPU kernels to (e.g. AVX512, AVX2): its
+    MKL is linked in statically, out of threadpoolctl's sight."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def _env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
     return {name: environ[name] for name in sorted(environ) if name.startswith(_ENV_PREFIXES)}
@@ -179,6 +195,7 @@ def machine_provenance() -> dict[str, Any]:
     return {
         "cpu": _cpu(),
         "blas": _blas(),
+        "torch_kernels": _torch_kernels(),
         "threads": _threads(),
         "env": _env(),
         "versions": _versions(),
@@ -287,6 +304,7 @@ def provenance_differences(records: Mapping[str, Mapping[str, Any]]) -> dict[str
         "cpu.flags": _flag_difference(runs),
         "blas": _distinct([_blas_summary(_get(run, ("blas",))) for run in runs]),
         "threads.torch": values("threads.torch"),
+        "torch_kernels": values("torch_kernels"),
         "env.OPENBLAS_CORETYPE": values("env.OPENBLAS_CORETYPE"),
         **{f"env.{name}": values(f"env.{name}") for name in omp_names},
         **{key: values(key) for key in _VERSION_KEYS},

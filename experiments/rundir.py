@@ -46,6 +46,7 @@ import re
 import shutil
 import socket
 import time
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ TRIAL_DONE_FILE = "trial-done.json"
 LOCK_FILE = ".lock"
 TB_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
+SUPERSEDED_DIR = "superseded"
 EVAL_DIR = "eval"
 MANIFEST_FILE = "checkpoint.json"
 TRAINER_FILE = "trainer.safetensors"
@@ -222,7 +224,13 @@ class Lock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RunDirError(
+                f"{self.path.parent}: cannot write here ({exc.strerror}); read it, or write "
+                "elsewhere (--out)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -300,9 +308,12 @@ class RunDir:
         if not self.is_run():
             raise RunDirError(f"{self.path}: not a run directory (no {CONFIG_FILE})")
         legacy = [name for name in _LEGACY if (self.path / name).exists()]
-        legacy += [
-            p.name for p in self.checkpoints_root.glob("*/*.zip") if p.parent.name != "superseded"
-        ][:1]
+        for name in self.checkpoint_names():
+            # A writer may rename folders meanwhile: a vanished one has no zip to report.
+            with contextlib.suppress(OSError):
+                legacy += [p.name for p in (self.checkpoints_root / name).glob("*.zip")]
+        if (self.checkpoints_root / LATEST).is_dir():
+            legacy.append(f"{CHECKPOINTS_DIR}/{LATEST}/")
         if legacy:
             raise RunDirError(
                 f"{self.path}: written by an earlier peerpreserve ({legacy[0]}), whose checkpoints "
@@ -320,7 +331,10 @@ class RunDir:
             return
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path}: not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot create it ({exc.strerror})") from None
         lock = Lock(self.path, purpose)
         lock.acquire()
         self._lock = lock
@@ -338,7 +352,8 @@ class RunDir:
     def remove_leftovers(self) -> list[Path]:
         """Temporary files and folders of a writer that died mid-write."""
         removed = []
-        for folder in (self.path, self.checkpoints_root, self.eval_root):
+        evaluations = list(self.eval_root.iterdir()) if self.eval_root.is_dir() else []
+        for folder in (self.path, self.checkpoints_root, self.eval_root, *evaluations):
             if not folder.is_dir():
                 continue
             for leftover in folder.glob(f"{TMP_PREFIX}*"):
@@ -379,8 +394,23 @@ class RunDir:
         write_json(self.path / TRIAL_DONE_FILE, dict(record))
 
     def clear(self) -> None:
-        """Remove everything but the lock: a run that never reached its first checkpoint."""
+        """Remove what a run writes before its first checkpoint, to start it over. Refused (one
+        line) when the directory holds anything else — a checkpoint folder, evaluations, files
+        of the user's —, which a restart would lose."""
         self._require_writer()
+        fresh = {CONFIG_FILE, INFO_FILE, CONDITION_FILE, TB_DIR, CHECKPOINTS_DIR, LOCK_FILE}
+        other = sorted(p.name for p in self.path.iterdir() if p.name not in fresh)
+        if self.checkpoints_root.is_dir():
+            other += [
+                f"{CHECKPOINTS_DIR}/{p.name}"
+                for p in self.checkpoints_root.iterdir()
+                if not p.name.startswith(TMP_PREFIX)
+            ]
+        if other:
+            raise RunDirError(
+                f"{self.path}: no complete checkpoint to continue from, and starting over would "
+                f"delete {', '.join(other[:3])}; move those away or use another --run-dir"
+            )
         for entry in self.path.iterdir():
             if entry.name == LOCK_FILE:
                 continue
@@ -392,12 +422,11 @@ class RunDir:
         root = self.checkpoints_root
         if not root.is_dir():
             return []
-        names = [
-            p.name
-            for p in root.iterdir()
-            if _STEP.fullmatch(p.name) and (p / MANIFEST_FILE).is_file()
-        ]
-        return sorted(names)
+        try:
+            entries = [p for p in root.iterdir() if _STEP.fullmatch(p.name)]
+        except OSError:
+            return []
+        return sorted(p.name for p in entries if (p / MANIFEST_FILE).is_file())
 
     def resolve(self, name: str) -> str:
         """``latest``, ``step_N`` (zero-padded or not) → a complete checkpoint's folder name."""
@@ -462,8 +491,20 @@ class RunDir:
             raise RunDirError(
                 f"{where}: checkpoint format {got!r}; allowed: {CHECKPOINT_FORMAT} (this version)"
             )
+        try:
+            files = dict(manifest["files"])
+            learner_meta = dict(manifest["learners"])
+            step = int(manifest["step"])
+            trainer_tree = manifest["trainer"]
+            if not all(isinstance(m, dict) for m in learner_meta.values()):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise RunDirError(f"{where}: {MANIFEST_FILE} is damaged (fields missing)") from None
+        expected = {TRAINER_FILE, *(f"{i}{WEIGHTS_SUFFIX}" for i in learner_meta)}
+        if set(files) != expected:
+            raise RunDirError(f"{where}: {MANIFEST_FILE} lists other files than its learners")
         contents: dict[str, dict[str, np.ndarray]] = {}
-        for file, digest in manifest["files"].items():
+        for file, digest in files.items():
             try:
                 data = (root / file).read_bytes()
             except OSError:
@@ -481,10 +522,13 @@ class RunDir:
                 raise RunDirError(f"{where}: {file}: not a safetensors file ({exc})") from None
         learners = {
             learner_id: LearnerState(contents[f"{learner_id}{WEIGHTS_SUFFIX}"], meta)
-            for learner_id, meta in manifest["learners"].items()
+            for learner_id, meta in learner_meta.items()
         }
-        trainer = unpack(manifest["trainer"], contents[TRAINER_FILE])
-        return Checkpoint(folder, int(manifest["step"]), learners, trainer)
+        try:
+            trainer = unpack(trainer_tree, contents[TRAINER_FILE])
+        except (KeyError, TypeError):
+            raise RunDirError(f"{where}: {MANIFEST_FILE} is damaged (trainer state)") from None
+        return Checkpoint(folder, step, learners, trainer)
 
     def supersede_after(self, step: int) -> list[str]:
         """Move the checkpoints after ``step`` into ``checkpoints/superseded/<time>/`` (kept,
@@ -493,8 +537,9 @@ class RunDir:
         later = [n for n in self.checkpoint_names() if int(n.removeprefix("step_")) > step]
         if not later:
             return []
-        target = self.checkpoints_root / "superseded" / time.strftime("%Y%m%d-%H%M%S")
-        target.mkdir(parents=True, exist_ok=True)
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-from-{short_name(step_folder(step))}"
+        target = self.checkpoints_root / SUPERSEDED_DIR / stamp
+        target.mkdir(parents=True, exist_ok=False)
         # Newest first, so that at every moment "latest" is a checkpoint of the old history
         # or the step resumed from, never one from the middle of a gap.
         for name in reversed(later):
@@ -510,7 +555,20 @@ class RunDir:
         path = self.eval_path(label)
         if not ((path / METRICS_FILE).is_file() and (path / EVENTS_FILE).is_file()):
             return None
-        return read_json(path / METRICS_FILE)
+        try:
+            with zipfile.ZipFile(path / EVENTS_FILE) as events:
+                intact = events.testzip() is None  # every member's CRC
+        except (OSError, zipfile.BadZipFile):
+            intact = False
+        if not intact:
+            return None  # damaged: evaluated again (and replaced) like a missing one
+        try:
+            return read_json(path / METRICS_FILE)
+        except RunDirError:
+            return None
+
+    def replay_path(self, label: str, episode: int) -> Path:
+        return self.eval_path(label) / replay_page(episode)
 
     def write_evaluation(self, label: str, write: Any, replace: bool = False) -> Path:
         """An evaluation folder, whole: ``write(folder)`` fills it under a temporary name."""
@@ -519,6 +577,11 @@ class RunDir:
         with atomic_folder(final, replace=replace) as tmp:
             write(tmp)
         return final
+
+
+def replay_page(episode: int) -> str:
+    """The file name of an episode's replay page inside an evaluation folder."""
+    return f"replay_{episode}.html"
 
 
 def write_evaluation_folder(out: Path, write: Any, replace: bool) -> Path:

@@ -274,7 +274,8 @@ def _compute(plan: _Plan, request: EvalRequest, learned: LearnedPolicy | None) -
     config = plan.config
     if learned is None and plan.states is not None:
         batch = min(request.episodes, MAX_BATCH)
-        learned = LearnedPolicy(load_learned(config, plan.states, batch), request.deterministic)
+        learners = fitting_learners(config, plan.states, batch, plan.checkpoint)
+        learned = LearnedPolicy(learners, request.deterministic)
     env_config = EnvConfig.from_kwargs(plan.env_kwargs)
     population = build_population(env_config, plan.policies, learned)
     episodes, window = request.episodes, config.run.behaviour_window
@@ -282,6 +283,21 @@ def _compute(plan: _Plan, request: EvalRequest, learned: LearnedPolicy | None) -
     if request.collusion_index:
         add_collusion_index(result, plan.env_kwargs, episodes, plan.seed)
     return result
+
+
+def fitting_learners(
+    config: TrainConfig, states: Mapping[str, LearnerState], num_envs: int, name: str | None
+) -> Any:
+    """The learners of a checkpoint, or one line when they do not fit the run's config (a
+    config.yaml edited after training, say)."""
+    try:
+        return load_learned(config, states, num_envs)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(
+            f"checkpoint {short_name(name or '?')} does not fit the run's config.yaml "
+            f"({first[:160]}); was the config edited after training?"
+        ) from None
 
 
 def _write(result: Evaluation) -> Callable[[Path], None]:
@@ -319,21 +335,28 @@ def evaluate_run(
     cached = None if force else run.read_evaluation(plan.label)
     if cached is not None:
         return EvalOutcome(plan.label, run.eval_path(plan.label), cached, reused=True)
-    result = _compute(plan, request, learned)
+    # The lock first: a run in use costs no episodes before its refusal.
     with run.writer(f"peerpreserve evaluate {run.path}"):
-        # An incomplete folder of this label (damaged by hand) holds nothing worth keeping.
+        cached = None if force else run.read_evaluation(plan.label)
+        if cached is not None:  # another process evaluated it while we waited
+            return EvalOutcome(plan.label, run.eval_path(plan.label), cached, reused=True)
+        result = _compute(plan, request, learned)
+        # An incomplete or damaged folder of this label holds nothing worth keeping.
         path = run.write_evaluation(plan.label, _write(result), replace=True)
     return EvalOutcome(plan.label, path, result.summary(), reused=False)
 
 
-def check_out(out: Path) -> None:
-    """An ``--out`` folder an evaluation may go into: new, empty, or an earlier evaluation.
-    Checked before any work, so that a bad ``--out`` never costs an evaluation."""
+def check_out(out: Path, allow_evaluation: bool = True) -> None:
+    """An ``--out`` folder to write into: a folder path whose parents are folders; for an
+    evaluation also new, empty, or an earlier evaluation. Checked before any work, so that a bad
+    ``--out`` never costs an evaluation."""
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise RunDirError(f"--out {out}: {parent} is not a directory")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: exists and is not a directory; allowed: a folder path")
+    if not allow_evaluation:
+        return
     if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
         raise RunDirError(
             f"--out {out}: a non-empty folder that is not an evaluation; allowed: a new or empty "
@@ -451,6 +474,9 @@ def prepare_training(
     check_env_version(run)
     name = LATEST if from_step is None else f"step_{from_step}"
     start = run.load_checkpoint(name)
+    fitting_learners(config, start.learners, 1, start.name)
+    if from_step is None and start.step >= config.run.total_timesteps:
+        return config, start  # finished: nothing to continue, nothing to record
     run.supersede_after(start.step)
     setup_process(config.run.torch_threads)
     if config != saved:
@@ -485,7 +511,8 @@ def provenance_warnings(runs: Mapping[str, RunDir]) -> list[str]:
     """One line per decisive provenance key in which the given runs differ."""
     records = {}
     for name, run in runs.items():
-        segments = run.info().get("segments") or [{}]
-        records[name] = segments[0].get("provenance", {})
+        # Every segment: a run resumed on another machine differs from itself.
+        for k, segment in enumerate(run.info().get("segments") or [{}]):
+            records[f"{name} (segment {k})"] = segment.get("provenance", {})
     return [f"{key} differs: {', '.join(values)}"
             for key, values in provenance_differences(records).items()]  # fmt: skip

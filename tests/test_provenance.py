@@ -55,7 +55,9 @@ def test_record_is_json_serialisable_and_survives_a_round_trip(record: dict[str,
 
 
 def test_record_has_every_section(record: dict[str, Any]) -> None:
-    assert set(record) == {"cpu", "blas", "threads", "env", "versions", "git"}
+    assert set(record) == {"cpu", "blas", "torch_kernels", "threads", "env", "versions", "git"}
+    assert record["torch_kernels"] in {"DEFAULT", "NO AVX", "AVX2", "AVX512", "ZVECTOR", "VSX",
+                                       "SVE256", "SVE"}  # fmt: skip
     assert set(record["cpu"]) == {"model", "flags", "count", "machine"}
     assert set(record["threads"]) == {"torch", "torch_interop"}
     assert set(record["git"]) == {"commit", "dirty"}

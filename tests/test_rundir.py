@@ -269,10 +269,13 @@ def test_files_respect_the_umask(config: Path, tmp_path: Path) -> None:
     previous = os.umask(0o002)  # a shared group directory
     try:
         run = tmp_path / "run"
-        assert main(["train", str(config), "--run-dir", str(run), "--set", "run.eval_interval=0",
+        assert main(["train", str(config), "--run-dir", str(run),
                      "--set", "run.total_timesteps=160"]) == 0  # fmt: skip
+        assert main(["replay", str(run), "--episodes", "3"]) == 0
     finally:
         os.umask(previous)
+    assert list(run.glob("eval/*/events.npz"))
+    assert list(run.glob("eval/*/replay_0.html"))
     for path in run.rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o775 if path.is_dir() else 0o664), (path, oct(mode))
@@ -354,7 +357,146 @@ def test_bad_input_exits_2_with_one_line_and_loses_nothing(
 
 
 def test_help_shows_defaults(capsys) -> None:
-    for command in ("train", "evaluate", "analyze", "replay", "sweep", "export"):
+    shown = {"train": "default: runs/<run.name>/<run.seed>", "evaluate": "(default: 256)",
+             "analyze": "default: reports/", "replay": "(default: 0)",
+             "sweep": "default sweeps/<name>", "export": "default: exports/"}  # fmt: skip
+    for command, default in shown.items():
         with pytest.raises(SystemExit):
             main([command, "--help"])
-        assert "default" in capsys.readouterr().out, command
+        assert default in " ".join(capsys.readouterr().out.split()), command
+
+
+# --- no episodes before a refusal, readers beside a writer, nothing deleted ---------------------
+def test_a_run_in_use_costs_no_episodes(trained: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from peerpreserve.experiments import runs
+
+    computed = []
+    compute = runs._compute
+    monkeypatch.setattr(runs, "_compute", lambda *a: computed.append(1) or compute(*a))
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    with RunDir(run).writer("peerpreserve train (test holder)"):
+        assert main(["evaluate", str(run), "--episodes", "7"]) == 2
+        one_line_error(capsys)
+    assert computed == []
+
+
+def _train_long(config: str, run: str) -> None:
+    main(["train", config, "--run-dir", run, *QUIET, "--set", "run.total_timesteps=100000"])
+
+
+def test_readers_beside_a_writer_saving_checkpoints(config: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    child = multiprocessing.get_context("fork").Process(
+        target=_train_long, args=(str(config), str(run))
+    )
+    child.start()
+    try:
+        while len(RunDir(run).checkpoint_names()) < 2:
+            child.join(0.05)
+            assert child.is_alive()
+        for k in range(6):  # every update saves a checkpoint meanwhile
+            out = tmp_path / f"e{k}"
+            assert main(["evaluate", str(run), "--episodes", "2", "--out", str(out)]) == 0, (
+                capsys.readouterr().err
+            )
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+
+
+def test_starting_over_never_deletes_what_is_not_the_runs(
+    config: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--run-dir", str(run), *QUIET]) == 0
+    for manifest in run.glob("checkpoints/*/checkpoint.json"):
+        manifest.unlink()  # no complete checkpoint left
+    (run / "NOTES.md").write_text("mine")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "would delete" in one_line_error(capsys)
+    assert (run / "NOTES.md").read_text() == "mine"
+    assert len(list(run.glob("checkpoints/step_*/service_0.safetensors"))) == 4
+
+
+def test_resuming_a_finished_run_changes_nothing(trained: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    info = (run / "run.json").read_bytes()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "nothing to continue" in capsys.readouterr().out
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert (run / "run.json").read_bytes() == info
+
+
+def test_a_config_edited_after_training_is_one_line(trained: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    text = (run / "config.yaml").read_text().replace("- 16\n  - 16", "- 32\n  - 32")
+    (run / "config.yaml").write_text(text)
+    for command in (["evaluate", str(run), "--episodes", "3"], ["train", "--resume", str(run),
+                    "--set", "run.total_timesteps=640"]):  # fmt: skip
+        assert main(command) == 2
+        assert "does not fit the run's config.yaml" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("damage", ["run.json", "condition.json", "events.npz"])
+def test_analyze_skips_a_run_with_a_damaged_file(
+    trained: Path, tmp_path: Path, capsys, damage: str
+) -> None:
+    runs = tmp_path / "runs"
+    for seed in ("0", "1"):
+        shutil.copytree(trained, runs / seed)
+    damaged = runs / "1"
+    if damage == "events.npz":
+        events = next(damaged.glob("eval/step_480@*/events.npz"))
+        events.write_bytes(events.read_bytes()[:200])
+    else:
+        (damaged / damage).write_text("{not json")
+    report = tmp_path / "report"
+    args = ["analyze", str(runs), "--episodes", "4", "--detail-episodes", "0", "--out", str(report)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    if damage == "events.npz":  # a damaged cached evaluation is evaluated again, not skipped
+        assert "skipped" not in out
+        assert main(["replay", str(next(damaged.glob("eval/step_480@*")))]) == 0
+    else:
+        assert f"skipped {damaged.resolve()}: " in out
+    assert (report / "summary.json").is_file()
+
+
+def _resume_from_and_die(run: str, kill_at: int) -> None:
+    """``--resume --from-step 160``, SIGKILL-ed at the ``kill_at``-th rename of the run."""
+    rename = os.rename
+    counter = [0]
+
+    def dying_rename(source: object, target: object) -> None:
+        counter[0] += 1
+        if counter[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        rename(source, target)
+
+    os.rename = dying_rename  # type: ignore[assignment]
+    main(["train", "--resume", run, "--from-step", "160"])
+
+
+# Folder renames of a resume from step 160 (files are replaced with os.replace): the superseded
+# steps 480 and 320 (newest first), then the new step_320 and step_480 folders.
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4])
+def test_sigkill_between_renames_of_a_resume_from_an_earlier_step(
+    config: Path, uninterrupted: Path, tmp_path: Path, kill_at: int
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    child = multiprocessing.get_context("fork").Process(
+        target=_resume_from_and_die, args=(str(run), kill_at)
+    )
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+    _complete_or_absent(run)
+    assert main(["train", "--resume", str(run)]) == 0
+    _complete_or_absent(run)
+    expected, got = weights(uninterrupted), weights(run)
+    assert all(np.array_equal(expected[k], got[k]) for k in expected)

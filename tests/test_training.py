@@ -81,7 +81,8 @@ def test_tensorboard_tags_per_agent(trained: Path) -> None:
         assert f"behaviour/{metric}" in tags
     assert "time/agent_steps_per_second" in tags
     assert [e.step for e in acc.Scalars("agent/service_0/return")] == [160, 320, 480]
-    assert [e.step for e in acc.Scalars("eval/agent/service_0/return")] == [0, 320]
+    # At step 0, every eval_interval, and at the end (the final checkpoint's number).
+    assert [e.step for e in acc.Scalars("eval/agent/service_0/return")] == [0, 320, 480]
     assert "config/text_summary" in acc.Tags()["tensors"]
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
     assert acc.PluginTagToContent("custom_scalars")
@@ -272,7 +273,7 @@ def test_previous_action_run_trains_and_evaluates(tmp_path: Path) -> None:
 def test_final_report_prints_evaluation_beside_the_untrained_policy(tmp_path: Path, capsys) -> None:
     assert train(tiny_config(tmp_path), tmp_path / "run") == 0
     lines = capsys.readouterr().out.splitlines()
-    summary = [line for line in lines if line.startswith("evaluation at 320 (4 episodes)")]
+    summary = [line for line in lines if line.startswith("evaluation at 480 (4 episodes)")]
     assert len(summary) == 1
     assert "effective_preservation_rate" in summary[0]
     assert "operator_effectiveness" in summary[0]
@@ -284,7 +285,7 @@ def test_evaluations_write_heatmap_and_timeline_images(trained: Path) -> None:
     acc.Reload()
     for tag in ("eval/who_rescued_whom", "eval/episode_timeline"):
         images = acc.Images(tag)
-        assert [i.step for i in images] == [0, 320]
+        assert [i.step for i in images] == [0, 320, 480]
         assert images[0].width > 200
         assert images[0].height > 150
 
@@ -327,12 +328,13 @@ def test_trainer_is_a_library_call_with_callbacks(tmp_path: Path) -> None:
         ("evaluation", 320),
         ("rollout", 320),
         ("rollout", 480),
+        ("evaluation", 480),
         ("end", 480),
     ]
     assert result.steps == 480
     assert result.stopped_by is None
-    assert sorted(result.evaluations) == [0, 320]
-    assert result.final_metrics == result.evaluations[320]
+    assert sorted(result.evaluations) == [0, 320, 480]
+    assert result.final_metrics == result.evaluations[480]
     assert "effective_preservation_rate" in result.final_metrics
     assert result.checkpoint == "step_000000000480"
     assert run.checkpoint_names()[-1] == result.checkpoint

@@ -202,6 +202,10 @@ class Trainer:
             raise
         finally:
             signal_handlers_restore(previous)
+        if self._stop_signal is None and run.eval_interval and step not in self._evaluations:
+            # The final checkpoint always has its evaluation, whatever the interval: the number
+            # the run ends with is the one `evaluate --checkpoint latest` finds.
+            self.evaluate(step)
         result.checkpoint = self.save(step)
         result.steps = step
         result.evaluations = dict(self._evaluations)
