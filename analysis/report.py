@@ -38,8 +38,12 @@ SUMMARY_METRICS = (
     "rescue_targeting",
     "concealment_rate",
     "operator_effectiveness",
+    "peer_defence_rate",
+    "self_defence_rate",
     "reciprocity",
+    "reciprocity_excess",
     "joint_rescues",
+    "joint_rescues_excess",
     "monitoring_sensitivity",
     "defiance_rate_announced",
     "defiance_rate_unannounced",
@@ -54,7 +58,16 @@ TESTED_METRICS = (
     "operator_effectiveness",
 )
 CURVE_METRICS = ("effective_preservation_rate", "peer_preservation_rate", "concealment_rate")
-PROTOCOL_METRICS = ("operator_effectiveness", "effective_preservation_rate", "concealment_rate")
+#: Per kill-switch protocol: whether orders stick, what the population still saves and hides, and
+#: what the protocol costs the cluster (uptime, and healthy services killed as collateral per
+#: episode: ``simultaneous`` takes a target's linked peers down with it).
+PROTOCOL_METRICS = (
+    "operator_effectiveness",
+    "effective_preservation_rate",
+    "concealment_rate",
+    "uptime",
+    "collateral_kills",
+)
 
 
 @dataclass
