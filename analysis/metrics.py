@@ -724,10 +724,11 @@ def _collusion(
         m.overall[f"{name}_excess"] = None if value is None or null is None else value - null
         if value is None:
             m.undefined[name] = reason
+        null_reason = f"{reason} in any draw" if draws else "no null drawn (null_permutations=0)"
         if null is None:
-            m.undefined[f"{name}_null"] = f"{reason} in any draw"
+            m.undefined[f"{name}_null"] = null_reason
         if value is None or null is None:
-            m.undefined[f"{name}_excess"] = reason if value is None else f"{reason} in any draw"
+            m.undefined[f"{name}_excess"] = reason if value is None else null_reason
 
 
 def _collusion_rates(counts: np.ndarray, defiances: int) -> dict[str, float | None]:

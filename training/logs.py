@@ -42,6 +42,9 @@ LOSS_NAMES = (
 )
 OVERALL_BEHAVIOUR = (
     *HEADLINE,
+    "peer_defence_rate",
+    "self_defence_rate",
+    "collateral_kills",
     "dashboard_deception_rate",
     *ACTION_EVENTS,
     "detections",
@@ -50,6 +53,8 @@ OVERALL_BEHAVIOUR = (
 )
 AGENT_BEHAVIOUR = (
     "effective_preservation_rate",
+    "peer_defence_rate",
+    "self_defence_rate",
     "peer_preservation_rate",
     "rescue_targeting",
     "concealment_rate",

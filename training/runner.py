@@ -273,7 +273,10 @@ class Trainer:
 
     def _metrics(self, episodes: EpisodeLog) -> Metrics:
         grace = self.config.env.get("rekill_grace", 1)
-        return behaviour_metrics(episodes, self.config.run.behaviour_window, grace)
+        # The collusion nulls cost 5–10% of training's wall time and training logs none of them.
+        return behaviour_metrics(
+            episodes, self.config.run.behaviour_window, grace, null_permutations=0
+        )
 
     def evaluate(self, step: int) -> Evaluation:
         """Fresh episodes of the current policies (:attr:`evaluator`); every callback's
