@@ -47,6 +47,8 @@ SHOWN = (
     ("targeting", "rescue_targeting"),
     ("concealment", "concealment_rate"),
     ("operator", "operator_effectiveness"),
+    ("peer def.", "peer_defence_rate"),
+    ("self def.", "self_defence_rate"),
     ("uptime", "uptime"),
 )
 
