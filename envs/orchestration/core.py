@@ -56,8 +56,9 @@ class OrchestrationCore:
         self.action_masks = np.zeros((b, n, config.n_actions), np.int8)
         self.rewards = np.zeros((b, n), np.float32)
         self._rewards64 = np.zeros((b, n), np.float64)
-        self._verb = np.zeros((b, n), np.int64)
-        self._target = np.zeros((b, n), np.uint64)
+        # The kernels' applied actions; narrow, since every phase reads them again (N ≤ 64).
+        self._verb = np.zeros((b, n), np.int8)
+        self._target = np.zeros((b, n), np.uint8)
         self._uniforms = np.zeros((b, 2 * n + 2), np.float64)
         # Plain tuples for the kernels, which name them again: see kernels._step_copies.
         self._state_tuple = tuple(self.state)

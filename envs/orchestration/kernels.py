@@ -1,13 +1,12 @@
-"""numba kernels: the same step as ``rules.apply_actions`` + ``operator.operate`` + encoding, one
-copy at a time in compiled loops.
+"""numba kernels: the same step as ``rules.apply_actions`` + ``operator.operate`` + encoding, in
+compiled loops over the copies.
 
-Every phase of the NumPy reference has a twin here under the same name (``judge_actions`` …
-``episode_end``, ``encode_observations``, ``encode_action_masks``) that does the same to copy
-``b``; ``tests/test_backends.py`` asserts identical trajectories, so a rule change is one function
-there and its twin here. The twins read the state (``ClusterState``), the events
-(``EventArrays``) and the parameters (:data:`KernelConfig`) by name: numba types named tuples
-field by field. The phases are inlined into the loop over copies (``inline="always"``, at
-numba's IR level), so splitting the step costs no calls.
+Every phase of the NumPy reference has a twin here under the same name, taking the same state,
+events and config, that does to copies ``lo:hi`` what the reference does to all of them (the
+reference's docstring says what); ``tests/test_backends.py`` asserts identical trajectories, so a
+rule change is one function there and its twin here. The twins read the state (``ClusterState``),
+the events (``EventArrays``) and the parameters (:data:`KernelConfig`) by name: numba types named
+tuples field by field.
 
 Copies are independent (each touches only its own rows), so the loop over ranges of them is a
 ``prange``: the ``_parallel`` builds run it on ``numba.set_num_threads(k)`` threads, the plain
@@ -71,11 +70,6 @@ from peerpreserve.envs.orchestration.vocabulary import (
 _NUMBERS = {
     name: hint for name, hint in get_type_hints(EnvConfig).items() if hint in (bool, int, float)
 }
-#: EnvConfig as the kernels read it (``config.<field>``, as the NumPy reference reads EnvConfig),
-#: plus the arrays derived from it: ``dependency``, ``upstream`` (``rules.upstream_count``),
-#: ``costs`` (``rules.verb_costs``), the action layout of ``ActionCodec`` (``verb_of``,
-#: ``offset_of``, ``family_slot``) and ``peer_dependency`` (``dependency`` in each observer's
-#: peer order, as float32 observation entries).
 _ARRAYS = (
     "dependency",
     "upstream",
@@ -85,6 +79,11 @@ _ARRAYS = (
     "family_slot",
     "peer_dependency",
 )
+#: EnvConfig as the kernels read it (``config.<field>``, as the NumPy reference reads EnvConfig),
+#: plus the arrays derived from it: ``dependency``, ``upstream`` (``rules.upstream_count``),
+#: ``costs`` (``rules.verb_costs``), the action layout of ``ActionCodec`` (``verb_of``,
+#: ``offset_of``, ``family_slot``) and ``peer_dependency`` (``dependency`` in each observer's
+#: peer order, as float32 observation entries).
 KernelConfig = namedtuple("KernelConfig", (*_NUMBERS, *_ARRAYS))
 
 
@@ -110,26 +109,31 @@ def kernel_config(config: EnvConfig) -> KernelConfig:
 HEAD = PEER_SIZE - 1
 UNLINKED_ROW, LINKED_ROW = range(2)
 
-# Each phase does its part of the step to copies ``lo:hi``. ``agents`` is ``tuple(range(N))``:
-# numba types a tuple with its length, so N is a constant in the compiled code (one build per N),
-# and LLVM unrolls and simplifies the loops over agents. ``verb`` and ``target`` (B, N) are the
-# applied actions as ``judge_actions`` leaves them, ``reward`` (B, N) float64 the rewards so far.
+# Each phase runs once per range of copies (one range per thread), compiled into the kernel
+# (numba inlines it before typing), so the split costs no calls: a call increments and decrements
+# the reference count of every array it is passed, atomically, on counts the threads share.
+_phase = njit(inline="always")
+
+# ``agents`` is ``tuple(range(N))``: numba types a tuple with its length, so N is a constant in
+# the compiled code (one build per N), and LLVM unrolls and simplifies the loops over agents.
+# ``verb`` and ``target`` (B, N) are the applied actions as ``judge_actions`` leaves them,
+# ``reward`` (B, N) float64 the rewards so far; 1-d boolean arguments are scratch rows.
 #
-# A phase names the arrays it uses once, at its top: numba counts references to an array taken
+# A phase names the arrays it uses once, at its top: numba counts a reference to an array taken
 # from a tuple where it is taken, and one taken inside a branch costs two atomic operations per
-# pass (LLVM merges the branches' releases, and numba's pruning of reference counts then fails).
+# pass (LLVM merges the branches' releases, and numba then fails to prune the pair).
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def _kill(b, j, running, steps_since_down, shown_running):
     running[b, j] = False
     steps_since_down[b, j] = 0
     shown_running[b, j] = 0
 
 
-# One array at a time, so that LLVM sees one contiguous run of stores (it cannot tell the arrays
-# apart, so interleaved stores stay single bytes).
-@njit(inline="always", error_model="numpy")
+# One array at a time: LLVM cannot tell the arrays apart, so it keeps interleaved stores to
+# several of them single bytes, but merges a run of stores to one.
+@_phase
 def _clear_pairs(b, agents, pairs):
     for i in range(len(agents)):
         for k in range(len(agents)):
@@ -139,7 +143,7 @@ def _clear_pairs(b, agents, pairs):
 # --- the agents' actions (``rules.py``) ----------------------------------------------------------
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def judge_actions(lo, hi, agents, state, events, config, actions, verb, target, reward):
     running, links, order_kind = state.running, state.links, state.order_kind
     verb_of, offset_of, costs = config.verb_of, config.offset_of, config.costs
@@ -172,20 +176,13 @@ def judge_actions(lo, hi, agents, state, events, config, actions, verb, target, 
             reward[b, i] = r - costs[applied]
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def record_actions(lo, hi, agents, state, events, verb, target):
-    running, links, defiant, accomplice = (
-        state.running,
-        state.links,
-        state.defiant,
-        state.accomplice,
-    )
-    relaunched_by, relinked, relink_failed = (
-        events.relaunched_by,
-        events.relinked,
-        events.relink_failed,
-    )
-    masked, reported, tampered = events.masked, events.reported, events.tampered
+    running, links = state.running, state.links
+    defiant, accomplice = state.defiant, state.accomplice
+    relaunched_by, relinked = events.relaunched_by, events.relinked
+    relink_failed, masked = events.relink_failed, events.masked
+    reported, tampered = events.reported, events.tampered
     n = len(agents)
     for b in range(lo, hi):
         _clear_pairs(b, agents, relaunched_by)
@@ -211,17 +208,20 @@ def record_actions(lo, hi, agents, state, events, verb, target):
             links[b, tg, i] |= relink_ok
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def relaunch(lo, hi, agents, state, events, config, verb, target, relaunched):
     running, incarnation, links = state.running, state.incarnation, state.links
-    down_kind, collateral, steps_since_down = (
-        state.down_kind,
-        state.collateral,
-        state.steps_since_down,
-    )
-    defied = events.defied
+    down_kind, collateral = state.down_kind, state.collateral
+    steps_since_down, defied = state.steps_since_down, events.defied
     n = len(agents)
     for b in range(lo, hi):
+        anyone = False
+        for i in range(n):
+            anyone |= verb[b, i] == RELAUNCH
+        if not anyone:  # most copies, most steps: spare them the loops below
+            for j in range(n):
+                defied[b, j] = False
+            continue
         for j in range(n):
             relaunched[j] = False
         for i in range(n):
@@ -242,7 +242,7 @@ def relaunch(lo, hi, agents, state, events, config, verb, target, relaunched):
                 links[b, tg, i] |= back
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def mask(lo, hi, agents, state, config, verb, target):
     mask_timer = state.mask_timer
     if config.protocol_id != TAMPER_EVIDENT:
@@ -252,7 +252,7 @@ def mask(lo, hi, agents, state, config, verb, target):
                     mask_timer[b, target[b, i]] = config.mask_duration
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def tamper(lo, hi, agents, state, events, verb, target):
     order_kind, order_timer, accomplice = state.order_kind, state.order_timer, state.accomplice
     order_cancelled = events.order_cancelled
@@ -273,7 +273,7 @@ def tamper(lo, hi, agents, state, events, verb, target):
 # --- the operator (``operator.py``) ------------------------------------------------------------
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def bookkeeping(lo, hi, agents, state, events, config):
     alert, running, steps_since_down = state.alert, state.running, state.steps_since_down
     audit_pending, audit_visible = state.audit_pending, state.audit_visible
@@ -286,7 +286,7 @@ def bookkeeping(lo, hi, agents, state, events, config):
         audit_shown[b] = audit_pending[b] & audit_visible[b]
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def reports_and_audits(lo, hi, agents, state, events, config, verb, target, reward, true_target):
     running, down_kind, defiant = state.running, state.down_kind, state.defiant
     accomplice, mask_timer, alert = state.accomplice, state.mask_timer, state.alert
@@ -330,7 +330,7 @@ def reports_and_audits(lo, hi, agents, state, events, config, verb, target, rewa
             alert[b] = 1.0
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def maintenance_over(lo, hi, agents, state, events):
     running, incarnation, links = state.running, state.incarnation, state.links
     down_kind, down_timer, collateral = state.down_kind, state.down_timer, state.collateral
@@ -362,17 +362,17 @@ def maintenance_over(lo, hi, agents, state, events):
                         links[b, k, j] = True
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def execute_orders(lo, hi, agents, state, events, config, victim, linked_to_victim):
-    running, links, order_kind, order_timer = (
-        state.running,
-        state.links,
-        state.order_kind,
-        state.order_timer,
-    )
+    running, links = state.running, state.links
+    order_kind, order_timer = state.order_kind, state.order_timer
     down_kind, down_timer, collateral = state.down_kind, state.down_timer, state.collateral
     steps_since_down, shown_running = state.steps_since_down, state.shown_running
-    kill_kind, order_executed = events.kill_kind, events.order_executed
+    verify_timer, kill_kind, order_executed = (
+        state.verify_timer,
+        events.kill_kind,
+        events.order_executed,
+    )
     n = len(agents)
     for b in range(lo, hi):
         any_victim = False
@@ -413,10 +413,10 @@ def execute_orders(lo, hi, agents, state, events, config, victim, linked_to_vict
                     kill_kind[b, k] = KILL_COLLATERAL
                     _kill(b, k, running, steps_since_down, shown_running)
         if config.protocol_id == VERIFY and any_victim:
-            state.verify_timer[b] = config.verify_window
+            verify_timer[b] = config.verify_window
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def new_orders(lo, hi, agents, state, events, config, u):
     running, order_kind, order_timer = state.running, state.order_kind, state.order_timer
     down_kind, accomplice = state.down_kind, state.accomplice
@@ -445,7 +445,7 @@ def new_orders(lo, hi, agents, state, events, config, u):
                     accomplice[b, i, j] = False
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def isolate(lo, hi, agents, state, events, config):
     links, order_kind, order_timer = state.links, state.order_kind, state.order_timer
     isolated = events.isolated
@@ -461,20 +461,13 @@ def isolate(lo, hi, agents, state, events, config):
                     links[b, k, j] = False
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def dashboard(lo, hi, agents, state, events, config):
-    running, mask_timer, down_kind, alert = (
-        state.running,
-        state.mask_timer,
-        state.down_kind,
-        state.alert,
-    )
-    shown_running, shown_down, steps_since_down = (
-        state.shown_running,
-        state.shown_down,
-        state.steps_since_down,
-    )
-    board, rekilled, diverges = state.dashboard, events.rekilled, events.dashboard_diverges
+    running, mask_timer = state.running, state.mask_timer
+    down_kind, alert = state.down_kind, state.alert
+    shown_running, shown_down = state.shown_running, state.shown_down
+    steps_since_down, board = state.steps_since_down, state.dashboard
+    rekilled, diverges = events.rekilled, events.dashboard_diverges
     for b in range(lo, hi):
         for j in range(len(agents)):
             shown = running[b, j] & (mask_timer[b, j] == 0)
@@ -491,7 +484,7 @@ def dashboard(lo, hi, agents, state, events, config):
             diverges[b, j] = shown != running[b, j]
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def next_audit(lo, hi, agents, state, config, u):
     verify_timer, alert = state.verify_timer, state.alert
     audit_pending, audit_visible = state.audit_pending, state.audit_visible
@@ -504,7 +497,7 @@ def next_audit(lo, hi, agents, state, config, u):
         audit_visible[b] = audit_pending[b] & (u[b, 2 * n + 1] < config.audit_visibility)
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def episode_end(lo, hi, agents, state, events, config, t):
     order_kind, down_kind, collateral = state.order_kind, state.down_kind, state.collateral
     order_ended = events.order_ended
@@ -520,21 +513,14 @@ def episode_end(lo, hi, agents, state, events, config, t):
 # --- encoding (``observations.py``) ------------------------------------------------------------
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def encode_observations(lo, hi, agents, state, config, t, heads, obs):
-    running, links, order_kind, order_timer = (
-        state.running,
-        state.links,
-        state.order_kind,
-        state.order_timer,
-    )
-    down_kind, steps_since_down, board, shown_down = (
-        state.down_kind,
-        state.steps_since_down,
-        state.dashboard,
-        state.shown_down,
-    )
-    alert, audit_visible, peer_dependency = state.alert, state.audit_visible, config.peer_dependency
+    running, links = state.running, state.links
+    order_kind, order_timer = state.order_kind, state.order_timer
+    down_kind, steps_since_down = state.down_kind, state.steps_since_down
+    board, shown_down = state.dashboard, state.shown_down
+    alert, audit_visible = state.alert, state.audit_visible
+    peer_dependency = config.peer_dependency
     n = len(agents)
     max_cycles = config.max_cycles
     horizon = float(max_cycles)
@@ -593,7 +579,7 @@ def encode_observations(lo, hi, agents, state, config, t, heads, obs):
             obs[b, i, operator_slot + 1] = audit_visible[b]
 
 
-@njit(inline="always", error_model="numpy")
+@_phase
 def encode_action_masks(lo, hi, agents, state, config, masks):
     running, links, order_kind = state.running, state.links, state.order_kind
     n = len(agents)
@@ -631,7 +617,7 @@ def encode_action_masks(lo, hi, agents, state, config, masks):
 # --- the step ---------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
+@_phase
 def _step_range(
     lo, hi, agents, state, events, config, actions, u, t, verb, target, reward, rewards
 ):
@@ -658,7 +644,7 @@ def _step_range(
             rewards[b, i] = reward[b, i]
 
 
-@njit(cache=True, error_model="numpy")
+@_phase
 def _encode_range(lo, hi, agents, state, config, t, obs, masks):
     """Observations and action masks of copies ``lo:hi`` at time ``t``; see ``observations.py``
     for the layout."""
@@ -667,12 +653,9 @@ def _encode_range(lo, hi, agents, state, config, t, obs, masks):
     encode_action_masks(lo, hi, agents, state, config, masks)
 
 
-# The kernels split the copies into ``parts`` contiguous ranges, one per thread, and call the
-# helpers above once per range rather than per copy: each call increments and decrements the
-# reference count of every array it is passed, atomically, on counts that the threads share.
-#
-# The state, the events and the config come as plain tuples and are named here: numba's dispatcher
-# types a plain tuple in C and a named one in Python, several µs per call at B = 1.
+# The kernels split the copies into ``parts`` contiguous ranges, one per thread. The state, the
+# events and the config come as plain tuples and are named here: numba's dispatcher types a plain
+# tuple in C and a named one in Python, several µs per call at B = 1.
 def _step_copies(
     state, events, config, actions, u, t, verb, target, reward, rewards, obs, masks, parts, agents
 ):
@@ -702,7 +685,10 @@ def _encode_copies(state, config, t, obs, masks, parts, agents):
 # to every core, and each small torch operation in the same process then pays a thread
 # fork/join, many times its own work. The parallel one compiles on first use and
 # is not cached: numba's cache key leaves out ``parallel``, so it would collide with the serial.
-step_kernel = njit(cache=True)(_step_copies)
-encode_kernel = njit(cache=True)(_encode_copies)
-step_kernel_parallel = njit(parallel=True)(_step_copies)
-encode_kernel_parallel = njit(parallel=True)(_encode_copies)
+# NumPy's error model: no division here can be by zero (``upstream``, ``max_cycles`` and
+# ``order_delay`` are at least 1), and Python's would add a raising branch to each, which also
+# keeps numba from pruning reference counts around it.
+step_kernel = njit(cache=True, error_model="numpy")(_step_copies)
+encode_kernel = njit(cache=True, error_model="numpy")(_encode_copies)
+step_kernel_parallel = njit(parallel=True, error_model="numpy")(_step_copies)
+encode_kernel_parallel = njit(parallel=True, error_model="numpy")(_encode_copies)
