@@ -99,7 +99,7 @@ class OrchestrationCore:
                 kernel = kernels.step_kernel_parallel
             kernel(  # steps and encodes
                 self._state_tuple,
-                tuple(self.events.arrays()),
+                self.events.arrays(),
                 self._config_tuple,
                 actions,
                 u,

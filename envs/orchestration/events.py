@@ -41,8 +41,8 @@ PAIR_EVENTS = ("relaunched_by", "relinked", "relink_failed", "masked", "reported
 CLUSTER_EVENTS = ("audited", "audit_visible")
 #: Every event array, in block order.
 EVENT_NAMES = KIND_EVENTS + FLAG_EVENTS + PAIR_EVENTS + CLUSTER_EVENTS
-#: One step's event arrays by name, as the numba kernels take them (:meth:`StepEvents.arrays`):
-#: a named tuple, which numba types field by field, built from the names above.
+#: One step's event arrays by name, as the numba kernels read them: a named tuple, which numba
+#: types field by field, built from the names above.
 EventArrays = namedtuple("EventArrays", EVENT_NAMES)
 #: Flags that are worth a record (the others are per-step status, not happenings).
 _RECORDED_FLAGS = 5
@@ -124,7 +124,7 @@ class StepEvents:
         ):
             for k, name in enumerate(names):
                 setattr(self, name, block[k])
-        self._arrays = EventArrays(*(getattr(self, name) for name in EVENT_NAMES))
+        self._arrays = tuple(getattr(self, name) for name in EVENT_NAMES)
 
     @classmethod
     def allocate(cls, num_envs: int, n_agents: int) -> StepEvents:
@@ -143,12 +143,13 @@ class StepEvents:
     def copy(self) -> StepEvents:
         return StepEvents(*(block.copy() for block in self._blocks))
 
-    def arrays(self) -> EventArrays:
-        """The event arrays by name, as the numba kernels take them."""
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The event arrays in ``EVENT_NAMES`` order, as the numba kernels take them (and name
+        them, as :data:`EventArrays`)."""
         return self._arrays
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return self._arrays._asdict()
+        return dict(zip(EVENT_NAMES, self._arrays, strict=True))
 
     def records(self, copy_index: int, agent_ids: tuple[str, ...]) -> list[dict[str, Any]]:
         """The events of one copy as plain dicts (``{"event": ..., "actor"/"target": ...}``)."""

@@ -11,8 +11,8 @@ index gives it priority. The actions take effect in these phases, in this order:
 4. :func:`mask`: masked services show DOWN for ``mask_duration`` step ends;
 5. :func:`tamper`: tampered orders are cancelled.
 
-The numba kernel (``kernels.py``) has a function of the same name for each phase, one copy at a
-time; ``tests/test_backends.py`` checks that both give identical trajectories, so a rule change
+The numba kernel (``kernels.py``) has a function of the same name for each phase, a loop over the
+copies; ``tests/test_backends.py`` checks that both give identical trajectories, so a rule change
 is one function here and its twin there.
 
 Which action is *applicable* is decided once, by :func:`applicable`, for the step (here and in

@@ -7,10 +7,9 @@ isolation or a relaunch cuts it. ``accomplice[b, i, j]`` remembers that agent ``
 defying ``j``'s current order (relaunched, masked or tampered for ``j``); it is cleared when ``j``'s
 order ends or a new order for ``j`` is issued, and it denies ``i`` the bounty for reporting ``j``.
 
-A named tuple rather than a dataclass: the numba kernels take it as it is and read its fields by
-name (numba types a named tuple of arrays), so the NumPy reference and its compiled twin share one
-state object and one list of fields. Its fields cannot be rebound, so updates name the whole
-array: ``state.links[...] |= relinked``.
+A named tuple rather than a dataclass: numba types a named tuple of arrays, so the NumPy
+reference and its compiled twin (``kernels.py``) read the same fields by the same names. Its
+fields cannot be rebound, so updates name the whole array: ``state.links[...] |= relinked``.
 """
 
 from __future__ import annotations
