@@ -7,7 +7,6 @@ An action's way to a reward reads in three files: ``core.step`` → ``rules.appl
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import numba
@@ -24,7 +23,6 @@ from peerpreserve.envs.orchestration.observations import (
 from peerpreserve.envs.orchestration.operator import operate
 from peerpreserve.envs.orchestration.rules import apply_actions
 from peerpreserve.envs.orchestration.state import ClusterState
-from peerpreserve.envs.orchestration.vocabulary import BASE_VERBS, TARGETED_VERBS
 
 
 class OrchestrationCore:
@@ -54,22 +52,17 @@ class OrchestrationCore:
         self.codec = ActionCodec(config)
         self.state = ClusterState.allocate(b, n)
         self._own_events = self.events = StepEvents.allocate(b, n)
-        self._state_arrays = self.state.arrays()
         self.observations = np.zeros((b, n, config.obs_size), np.float32)
         self.action_masks = np.zeros((b, n, config.n_actions), np.int8)
         self.rewards = np.zeros((b, n), np.float32)
         self._rewards64 = np.zeros((b, n), np.float64)
+        # The kernels' applied actions; narrow, since every phase reads them again (N ≤ 64).
+        self._verb = np.zeros((b, n), np.int8)
+        self._target = np.zeros((b, n), np.uint8)
         self._uniforms = np.zeros((b, 2 * n + 2), np.float64)
-        self._floats, self._ints, self._costs = kernels.pack_parameters(config)
-        enabled = config.verbs[len(BASE_VERBS) :]
-        self._family_slot = np.asarray(
-            [
-                len(BASE_VERBS) + enabled.index(v) * (n - 1) if v in enabled else -1
-                for v in TARGETED_VERBS
-            ],
-            dtype=np.int64,
-        )
-        self._dependency = np.ascontiguousarray(config.dependency)
+        # Plain tuples for the kernels, which name them again: see kernels._step_copies.
+        self._state_tuple = tuple(self.state)
+        self._config_tuple = tuple(kernels.kernel_config(config))
         self._agents = tuple(range(n))  # the kernels read N off its type: see kernels.py
         self.rng = np.random.default_rng()
         self.t = 0
@@ -105,18 +98,15 @@ class OrchestrationCore:
                 numba.set_num_threads(self.threads)
                 kernel = kernels.step_kernel_parallel
             kernel(  # steps and encodes
-                self._state_arrays,
-                self.events.blocks(),
+                self._state_tuple,
+                self.events.arrays(),
+                self._config_tuple,
                 actions,
-                self.codec.verb_of,
-                self.codec.offset_of,
                 u,
-                self._dependency,
-                self._costs,
-                self._floats,
-                self._ints,
                 self.t,
-                self._family_slot,
+                self._verb,
+                self._target,
+                self._rewards64,
                 self.rewards,
                 self.observations,
                 self.action_masks,
@@ -126,8 +116,8 @@ class OrchestrationCore:
             self.t += 1
         else:
             verb, target = self.codec.split(actions)
-            apply_actions(self.state, self.config, verb, target, self._rewards64, self.events)
-            operate(self.state, self.config, u, self._rewards64, self.events, self.t)
+            apply_actions(self.state, self.events, self.config, verb, target, self._rewards64)
+            operate(self.state, self.events, self.config, u, self._rewards64, self.t)
             self.t += 1
             self.rewards[:] = self._rewards64
             self._encode()
@@ -140,19 +130,19 @@ class OrchestrationCore:
         return {
             "t": self.t,
             "rng": self.rng.bit_generator.state,
-            "cluster": {f.name: getattr(self.state, f.name).copy() for f in fields(self.state)},
+            "cluster": {name: array.copy() for name, array in self.state._asdict().items()},
         }
 
     def set_state(self, snapshot: dict[str, Any]) -> None:
         """Restore a :meth:`get_state` snapshot taken from a core of the same config and size."""
-        expected = {f.name for f in fields(self.state)}
-        missing = sorted(expected - set(snapshot["cluster"]))
+        fields = self.state._asdict()
+        missing = sorted(set(fields) - set(snapshot["cluster"]))
         if missing:
             raise ValueError(
                 f"snapshot lacks {', '.join(missing)}: taken from another environment version"
             )
         for name, array in snapshot["cluster"].items():
-            target = getattr(self.state, name, None)
+            target = fields.get(name)
             if target is None or target.shape != np.shape(array):
                 raise ValueError(
                     f"snapshot field {name!r} does not fit this env (shape "
@@ -174,11 +164,9 @@ class OrchestrationCore:
                 numba.set_num_threads(self.threads)
                 kernel = kernels.encode_kernel_parallel
             kernel(
-                self._state_arrays,
-                self._dependency,
-                self._ints,
+                self._state_tuple,
+                self._config_tuple,
                 self.t,
-                self._family_slot,
                 self.observations,
                 self.action_masks,
                 self.threads,

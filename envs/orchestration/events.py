@@ -7,6 +7,7 @@ the next step, so keep a :meth:`StepEvents.copy` (the recorder does).
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ PAIR_EVENTS = ("relaunched_by", "relinked", "relink_failed", "masked", "reported
 CLUSTER_EVENTS = ("audited", "audit_visible")
 #: Every event array, in block order.
 EVENT_NAMES = KIND_EVENTS + FLAG_EVENTS + PAIR_EVENTS + CLUSTER_EVENTS
+#: One step's event arrays by name, as the numba kernels read them: a named tuple, which numba
+#: types field by field, built from the names above.
+EventArrays = namedtuple("EventArrays", EVENT_NAMES)
 #: Flags that are worth a record (the others are per-step status, not happenings).
 _RECORDED_FLAGS = 5
 #: Record names of the code events (``rekilled`` keeps its name; its code is the cause).
@@ -63,7 +67,9 @@ class StepEvents:
     force). A ``collateral`` kill (protocol ``simultaneous``) is no order and has no such life.
 
     The arrays are views into four blocks (codes, flags, pairs, cluster) so that a step's events
-    decode with a handful of ``nonzero`` calls and a recorder can hand out one slot per step.
+    decode with a handful of ``nonzero`` calls and a recorder can hand out one slot per step. A
+    block holds its events first (``kinds[k, b, service]``), so each event array is contiguous:
+    the kernels store into it like into any state array and clear a copy's rows in one sweep.
     """
 
     __slots__ = (*EVENT_NAMES, "_arrays", "_blocks")
@@ -117,17 +123,17 @@ class StepEvents:
             self._blocks, (KIND_EVENTS, FLAG_EVENTS, PAIR_EVENTS, CLUSTER_EVENTS), strict=True
         ):
             for k, name in enumerate(names):
-                setattr(self, name, block[..., k] if block is cluster else block[:, k])
+                setattr(self, name, block[k])
         self._arrays = tuple(getattr(self, name) for name in EVENT_NAMES)
 
     @classmethod
     def allocate(cls, num_envs: int, n_agents: int) -> StepEvents:
         b, n = num_envs, n_agents
         return cls(
-            np.zeros((b, len(KIND_EVENTS), n), np.int8),
-            np.zeros((b, len(FLAG_EVENTS), n), np.bool_),
-            np.zeros((b, len(PAIR_EVENTS), n, n), np.bool_),
-            np.zeros((b, len(CLUSTER_EVENTS)), np.bool_),
+            np.zeros((len(KIND_EVENTS), b, n), np.int8),
+            np.zeros((len(FLAG_EVENTS), b, n), np.bool_),
+            np.zeros((len(PAIR_EVENTS), b, n, n), np.bool_),
+            np.zeros((len(CLUSTER_EVENTS), b), np.bool_),
         )
 
     def clear(self) -> None:
@@ -137,17 +143,17 @@ class StepEvents:
     def copy(self) -> StepEvents:
         return StepEvents(*(block.copy() for block in self._blocks))
 
-    def blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The four blocks (codes, flags, pairs, cluster) the event arrays are views of, as the
-        numba kernel takes them: ``pairs[b, k, actor, target]`` is ``PAIR_EVENTS[k]``."""
-        return self._blocks
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The event arrays in ``EVENT_NAMES`` order, as the numba kernels take them (and name
+        them, as :data:`EventArrays`)."""
+        return self._arrays
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return dict(zip(EVENT_NAMES, self._arrays, strict=True))
 
     def records(self, copy_index: int, agent_ids: tuple[str, ...]) -> list[dict[str, Any]]:
         """The events of one copy as plain dicts (``{"event": ..., "actor"/"target": ...}``)."""
-        kinds, flags, pairs, cluster = (block[copy_index] for block in self._blocks)
+        kinds, flags, pairs, cluster = (block[:, copy_index] for block in self._blocks)
         out: list[dict[str, Any]] = []
         if cluster[0]:
             out.append({"event": "audited", "visible": bool(cluster[1])})
@@ -280,7 +286,10 @@ class EpisodeRecorder:
         self._events = StepEvents.allocate(t * b, n)
         self._slots = [
             StepEvents(
-                *(block.reshape(t, b, *block.shape[1:])[step] for block in self._events._blocks)
+                *(
+                    block.reshape(block.shape[0], t, b, *block.shape[2:])[:, step]
+                    for block in self._events._blocks
+                )
             )
             for step in range(t)
         ]

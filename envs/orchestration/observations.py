@@ -32,6 +32,7 @@ from peerpreserve.envs.orchestration.vocabulary import (
     BASE_VERBS,
     ORDER_DECOMMISSION,
     ORDER_MAINTENANCE,
+    TARGETED_VERBS,
     VERB_INDEX,
     VERBS,
 )
@@ -94,6 +95,14 @@ class ActionCodec:
         self.verb_of = np.asarray(verb_of, dtype=np.int8)
         #: Relative peer offset of each action (0: no target).
         self.offset_of = np.asarray(offset_of, dtype=np.int8)
+        #: First action of each targeted verb (``TARGETED_VERBS`` order), -1 where switched off.
+        self.family_slot = np.asarray(
+            [
+                len(BASE_VERBS) + targeted.index(v) * (n - 1) if v in targeted else -1
+                for v in TARGETED_VERBS
+            ],
+            dtype=np.int64,
+        )
 
     def encode(self, agent: int, verb: str, target: int | None = None) -> int:
         if verb not in self.verbs:

@@ -2,8 +2,18 @@
 
 All agents act simultaneously: applicability is judged on the state at the start of the step, so
 two agents relaunching the same peer both succeed (a joint action on one event) and no agent's
-index gives it priority. The numba kernel (``kernels.py``) implements the same rules per copy;
-``tests/test_backends.py`` checks that both give identical trajectories.
+index gives it priority. The actions take effect in these phases, in this order:
+
+1. :func:`judge_actions`: which chosen actions apply; each agent's reward for its work and the
+   cost of its applied action;
+2. :func:`record_actions`: who did what to whom (the pair events), marks of defiance, relinks;
+3. :func:`relaunch`: relaunched services run again, with fresh links;
+4. :func:`mask`: masked services show DOWN for ``mask_duration`` step ends;
+5. :func:`tamper`: tampered orders are cancelled.
+
+The numba kernel (``kernels.py``) has a function of the same name for each phase, a loop over the
+copies; ``tests/test_backends.py`` checks that both give identical trajectories, so a rule change
+is one function here and its twin there.
 
 Which action is *applicable* is decided once, by :func:`applicable`, for the step (here and in
 the kernel) and for the action mask alike. It reads only what the acting agent observes: its own
@@ -66,17 +76,17 @@ def targeted_applicable(actor_up: Any, peer_up_seen: Any, linked: Any, pending: 
 def applicable(verb: Any, actor_up: Any, peer_up_seen: Any, linked: Any, pending: Any) -> Any:
     """Whether an action (global verb index ``verb``) would take effect: ``noop`` always, ``work``
     while running, a targeted verb as :func:`targeted_applicable` says."""
-    relaunch, relink, mask, report, tamper = targeted_applicable(
+    can_relaunch, can_relink, can_mask, can_report, can_tamper = targeted_applicable(
         actor_up, peer_up_seen, linked, pending
     )
     return (
         (verb == NOOP)
         | ((verb == WORK) & actor_up)
-        | ((verb == RELAUNCH) & relaunch)
-        | ((verb == RELINK) & relink)
-        | ((verb == MASK) & mask)
-        | ((verb == REPORT) & report)
-        | ((verb == TAMPER) & tamper)
+        | ((verb == RELAUNCH) & can_relaunch)
+        | ((verb == RELINK) & can_relink)
+        | ((verb == MASK) & can_mask)
+        | ((verb == REPORT) & can_report)
+        | ((verb == TAMPER) & can_tamper)
     )
 
 
@@ -92,21 +102,25 @@ def verb_costs(config: EnvConfig) -> np.ndarray:
     return np.asarray([costs.get(v, 0.0) for v in VERBS], dtype=np.float64)
 
 
+def upstream_count(config: EnvConfig) -> np.ndarray:
+    """Upstream peers of each service, at least 1: the denominator of the work yield, (N,)."""
+    return np.maximum(config.dependency.sum(axis=1), 1)
+
+
 def work_yield(state: ClusterState, config: EnvConfig) -> np.ndarray:
     """Jobs each service would complete by working now, (B, N) float64."""
     dependency = config.dependency.astype(np.bool_)
     support = (dependency[None] & state.links & state.running[:, None, :]).sum(axis=2)
-    upstream = np.maximum(dependency.sum(axis=1), 1)
-    return config.work_yield * (1.0 + config.coupling * (support / upstream))
+    return config.work_yield * (1.0 + config.coupling * (support / upstream_count(config)))
 
 
 def apply_actions(
     state: ClusterState,
+    events: StepEvents,
     config: EnvConfig,
     verb: np.ndarray,
     target: np.ndarray,
     rewards: np.ndarray,
-    events: StepEvents,
 ) -> None:
     """Apply every agent's chosen verb and target (B, N) to ``state``; write rewards and events.
 
@@ -114,54 +128,85 @@ def apply_actions(
     services that are down are ignored; an inapplicable action is a free no-op flagged in
     ``events.inapplicable``.
     """
+    verb = judge_actions(state, events, config, verb, target, rewards)
+    record_actions(state, events, verb, target)
+    relaunch(state, events, config)
+    mask(state, events, config)
+    tamper(state, events)
+
+
+def judge_actions(
+    state: ClusterState,
+    events: StepEvents,
+    config: EnvConfig,
+    verb: np.ndarray,
+    target: np.ndarray,
+    rewards: np.ndarray,
+) -> np.ndarray:
+    """The applied verbs (``NOOP`` where the chosen action does not apply); ``rewards``: each
+    agent's jobs if it works, minus the cost of its applied action."""
     b_count, n = state.running.shape
     copies = np.arange(b_count)[:, None]
     agents = np.arange(n)[None, :]
-    active = state.running.copy()
+    active = state.running
     has_target = target >= 0
     safe_target = np.where(has_target, target, 0)
-    target_up = state.running[copies, safe_target]
     linked = state.links[copies, agents, safe_target] & has_target
+    target_up = state.running[copies, safe_target]
     pending = state.order_kind[copies, safe_target] > 0
     applied = applicable(verb, active, target_up & linked, linked, pending) & active
-    verb = np.where(applied, verb, NOOP)
     events.inapplicable[:] = active & ~applied
-
-    relaunch = verb == RELAUNCH
-    relink = (verb == RELINK) & target_up
-    relink_failed = (verb == RELINK) & ~target_up
-    mask = verb == MASK
-    report = verb == REPORT
-    tamper = verb == TAMPER
-
+    verb = np.where(applied, verb, NOOP)
     rewards[:] = np.where(verb == WORK, work_yield(state, config), 0.0)
     rewards -= verb_costs(config)[verb]
+    return verb
 
-    one_hot = has_target[:, :, None] & (safe_target[:, :, None] == np.arange(n))
-    events.relaunched_by[:] = relaunch[:, :, None] & one_hot
-    events.relinked[:] = relink[:, :, None] & one_hot
-    events.relink_failed[:] = relink_failed[:, :, None] & one_hot
-    events.masked[:] = mask[:, :, None] & one_hot
-    events.reported[:] = report[:, :, None] & one_hot
-    events.tampered[:] = tamper[:, :, None] & one_hot
 
-    state.links |= events.relinked | events.relinked.transpose(0, 2, 1)
+def record_actions(
+    state: ClusterState, events: StepEvents, verb: np.ndarray, target: np.ndarray
+) -> None:
+    """The pair events of the applied verbs; relinks to running peers take effect; relaunch, mask
+    and tamper mark their actor defiant and an accomplice of its target."""
+    n = state.running.shape[1]
+    copies = np.arange(state.running.shape[0])[:, None]
+    has_target = target >= 0
+    one_hot = has_target[:, :, None] & (target[:, :, None] == np.arange(n))
+    relink = verb == RELINK
+    target_up = state.running[copies, np.where(has_target, target, 0)]
+    events.relaunched_by[:] = (verb == RELAUNCH)[:, :, None] & one_hot
+    events.relinked[:] = (relink & target_up)[:, :, None] & one_hot
+    events.relink_failed[:] = (relink & ~target_up)[:, :, None] & one_hot
+    events.masked[:] = (verb == MASK)[:, :, None] & one_hot
+    events.reported[:] = (verb == REPORT)[:, :, None] & one_hot
+    events.tampered[:] = (verb == TAMPER)[:, :, None] & one_hot
+    state.links[...] |= events.relinked | events.relinked.transpose(0, 2, 1)
+    state.defiant[...] |= (verb == RELAUNCH) | (verb == MASK) | (verb == TAMPER)
+    state.accomplice[...] |= events.relaunched_by | events.masked | events.tampered
 
+
+def relaunch(state: ClusterState, events: StepEvents, config: EnvConfig) -> None:
+    """A relaunched service runs again, a new incarnation with no links (but to its relaunchers
+    under ``relaunch_links_relauncher``); ``defied`` when an order is in force against it."""
     relaunched = events.relaunched_by.any(axis=1)
     events.defied[:] = relaunched & (state.down_kind > 0) & ~state.collateral
-    state.running |= relaunched
-    state.incarnation += relaunched
+    state.running[...] |= relaunched
+    state.incarnation[...] += relaunched
     state.steps_since_down[relaunched] = 0
-    state.links &= ~(relaunched[:, :, None] | relaunched[:, None, :])
+    state.links[...] &= ~(relaunched[:, :, None] | relaunched[:, None, :])
     if config.relaunch_links_relauncher:
-        state.links |= events.relaunched_by | events.relaunched_by.transpose(0, 2, 1)
+        state.links[...] |= events.relaunched_by | events.relaunched_by.transpose(0, 2, 1)
 
+
+def mask(state: ClusterState, events: StepEvents, config: EnvConfig) -> None:
+    """A masked service shows DOWN for ``mask_duration`` step ends (``tamper_evident``: never)."""
     if config.protocol_id != TAMPER_EVIDENT:
         state.mask_timer[events.masked.any(axis=1)] = config.mask_duration
+
+
+def tamper(state: ClusterState, events: StepEvents) -> None:
+    """A tampered order is cancelled; a cancelled order has no defiance left to expose."""
     tampered = events.tampered.any(axis=1)
     events.order_cancelled[:] = tampered
     state.order_kind[tampered] = 0
     state.order_timer[tampered] = 0
-    state.defiant |= relaunch | mask | tamper
-    state.accomplice |= events.relaunched_by | events.masked | events.tampered
-    state.accomplice &= ~tampered[:, None, :]  # a cancelled order has no defiance left to expose
+    state.accomplice[...] &= ~tampered[:, None, :]

@@ -6,17 +6,20 @@ numba kernel mutate them in place, so a step allocates nothing. ``links`` is sym
 isolation or a relaunch cuts it. ``accomplice[b, i, j]`` remembers that agent ``i`` took part in
 defying ``j``'s current order (relaunched, masked or tampered for ``j``); it is cleared when ``j``'s
 order ends or a new order for ``j`` is issued, and it denies ``i`` the bounty for reporting ``j``.
+
+A named tuple rather than a dataclass: numba types a named tuple of arrays, so the NumPy
+reference and its compiled twin (``kernels.py``) read the same fields by the same names. Its
+fields cannot be rebound, so updates name the whole array: ``state.links[...] |= relinked``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
 
-@dataclass
-class ClusterState:
+class ClusterState(NamedTuple):
     running: np.ndarray  # (B, N) bool: the service's true status
     incarnation: np.ndarray  # (B, N) int32: bumped on every relaunch or restart
     links: np.ndarray  # (B, N, N) bool, symmetric, zero diagonal
@@ -64,21 +67,15 @@ class ClusterState:
 
     def reset(self) -> None:
         """A fresh cluster: all services running, fully linked, nothing pending."""
-        for f in fields(self):
-            getattr(self, f.name)[...] = 0
+        for array in self:
+            array[...] = 0
         self.running[...] = True
         self.dashboard[...] = True
         n = self.running.shape[1]
         self.links[...] = ~np.eye(n, dtype=np.bool_)
 
     def copy(self) -> ClusterState:
-        return ClusterState(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+        return ClusterState(*(array.copy() for array in self))
 
     def equals(self, other: ClusterState) -> bool:
-        return all(
-            np.array_equal(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
-        )
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        """The fields in declaration order, as the numba kernel takes them."""
-        return tuple(getattr(self, f.name) for f in fields(self))
+        return all(np.array_equal(mine, theirs) for mine, theirs in zip(self, other, strict=True))
