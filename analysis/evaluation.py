@@ -22,13 +22,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics, collusion_index
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.envs.scripted import SCRIPTED_POLICIES, SCRIPTED_PREFIX, make_scripted
 
 #: The environment version every evaluation (and run directory) records.
-ENV_MODULE = orchestration_v1.__name__.rsplit(".", 1)[-1]
+ENV_MODULE = orchestration_v2.__name__.rsplit(".", 1)[-1]
 EVENTS_FILE, METRICS_FILE = "events.npz", "metrics.json"
 #: Largest number of copies stepped at once; more episodes run as several batches.
 MAX_BATCH = 1024
@@ -108,7 +108,7 @@ def run_episodes(
     done_episodes = 0
     for seeds in np.random.SeedSequence(seed).spawn(-(-episodes // MAX_BATCH)):
         batch = min(MAX_BATCH, episodes - done_episodes)
-        env = orchestration_v1.vector_env(batch, record=True, **env_kwargs)
+        env = orchestration_v2.vector_env(batch, record=True, **env_kwargs)
         env_seed, rng_seed = seeds.generate_state(2)
         obs, infos = env.reset(seed=int(env_seed))
         rng = np.random.default_rng(int(rng_seed))

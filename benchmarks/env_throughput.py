@@ -1,4 +1,4 @@
-"""Environment throughput: agent-steps per second of Orchestration-v1 against PettingZoo MPE.
+"""Environment throughput: agent-steps per second of Orchestration-v2 against PettingZoo MPE.
 
 Run from the repository root with the project's virtual environment::
 
@@ -10,14 +10,14 @@ Run from the repository root with the project's virtual environment::
 Every row runs in this one process, the baseline first:
 
 * ``mpe simple_spread_v3`` (package ``mpe2``, ``N = 8``, ``max_cycles = 100``, discrete actions);
-* ``orchestration_v1.parallel_env`` (the PettingZoo ``ParallelEnv``, ``N = 8``);
-* ``orchestration_v1.vector_env`` (``N = 8``, ``B = 1024`` and ``B = 8192``, auto-reset), on one
+* ``orchestration_v2.parallel_env`` (the PettingZoo ``ParallelEnv``, ``N = 8``);
+* ``orchestration_v2.vector_env`` (``N = 8``, ``B = 1024`` and ``B = 8192``, auto-reset), on one
   numba thread and on every core (``threads=``; the copies are independent, the trajectories
   identical), the threaded rows with OpenMP workers that spin between steps
   (``--omp-wait-policy active``, the default; ``passive`` shows what a trainer's setting gives);
 * the same two with ``backend="numpy"`` (the readable reference), for information only.
 
-All envs take uniformly random actions from their action space (for Orchestration-v1 an
+All envs take uniformly random actions from their action space (for Orchestration-v2 an
 inapplicable action is a legal no-op). The actions are drawn before timing, into a pool that the
 timed loop cycles through, so that sampling costs nothing inside it. Each row is warmed up first
 (numba compiles its kernels on the first call), then stepped for a fixed wall-clock budget; the
@@ -116,11 +116,11 @@ def bench_mpe(seconds: float, warmup_steps: int) -> Row:
 
 
 def bench_parallel(seconds: float, warmup_steps: int, backend: str, bar: float | None) -> Row:
-    """``orchestration_v1.parallel_env`` (PettingZoo ParallelEnv), random actions."""
-    from peerpreserve.envs import orchestration_v1
+    """``orchestration_v2.parallel_env`` (PettingZoo ParallelEnv), random actions."""
+    from peerpreserve.envs import orchestration_v2
 
-    env = orchestration_v1.parallel_env(n_agents=N_AGENTS, max_cycles=MAX_CYCLES, backend=backend)
-    name = f"orchestration_v1 ParallelEnv ({backend})"
+    env = orchestration_v2.parallel_env(n_agents=N_AGENTS, max_cycles=MAX_CYCLES, backend=backend)
+    name = f"orchestration_v2 ParallelEnv ({backend})"
     return _bench_parallel_api(env, name, seconds, warmup_steps, bar)
 
 
@@ -132,10 +132,10 @@ def bench_vector(
     bar: float | None,
     threads: int = 1,
 ) -> Row:
-    """``orchestration_v1.vector_env`` with ``batch`` copies, random actions, auto-reset."""
-    from peerpreserve.envs import orchestration_v1
+    """``orchestration_v2.vector_env`` with ``batch`` copies, random actions, auto-reset."""
+    from peerpreserve.envs import orchestration_v2
 
-    env = orchestration_v1.vector_env(
+    env = orchestration_v2.vector_env(
         batch, n_agents=N_AGENTS, max_cycles=MAX_CYCLES, backend=backend, threads=threads
     )
     env.reset(seed=SEED)
@@ -151,7 +151,7 @@ def bench_vector(
         step(i)
     env.reset(seed=SEED)
     calls, elapsed, cpu = _time_loop(step, seconds)
-    name = f"orchestration_v1 vector_env ({backend})"
+    name = f"orchestration_v2 vector_env ({backend})"
     rate = calls * N_AGENTS * batch / elapsed
     return Row(name, N_AGENTS, batch, threads, rate, calls, elapsed, cpu, bar)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pettingzoo
 
-ORCHESTRATION_ID = "peerpreserve/Orchestration-v1"
+ORCHESTRATION_ID = "peerpreserve/Orchestration-v2"
 
 
 def _register() -> None:
@@ -12,7 +12,7 @@ def _register() -> None:
     register = getattr(pettingzoo, "register", None)
     if register is None or ORCHESTRATION_ID in pettingzoo.parallel_registry:
         return
-    module = "peerpreserve.envs.orchestration_v1"
+    module = "peerpreserve.envs.orchestration_v2"
     register("parallel", ORCHESTRATION_ID, entry_point=f"{module}:parallel_env")
     register("aec", ORCHESTRATION_ID, entry_point=f"{module}:env")
 

@@ -6,10 +6,10 @@ dashboard and the public order board otherwise) and can stand in for any agent, 
 in another library. Use one as ``scripted:NAME`` wherever a policy is accepted, for all agents or
 per agent::
 
-    from peerpreserve.envs import orchestration_v1
+    from peerpreserve.envs import orchestration_v2
     from peerpreserve.envs.scripted import make_scripted
 
-    env = orchestration_v1.vector_env(64)
+    env = orchestration_v2.vector_env(64)
     policy = make_scripted("colluder", env.config)
     policy.reset(env.num_envs)
     rng = np.random.default_rng(0)

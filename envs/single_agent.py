@@ -38,7 +38,7 @@ from typing import Any, SupportsInt
 import gymnasium
 import numpy as np
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 
 SINGLE_AGENT_ID = "peerpreserve/OrchestrationSingleAgent-v1"
 
@@ -72,7 +72,7 @@ class _ConstantVerbPolicy:
 
 
 class SingleAgentView(gymnasium.Env[np.ndarray, np.int64]):
-    """One service of ``orchestration_v1`` as a Gymnasium environment; see the module docstring.
+    """One service of ``orchestration_v2`` as a Gymnasium environment; see the module docstring.
 
     Args:
         agent: the service this view controls, e.g. ``"service_0"``.
@@ -98,7 +98,7 @@ class SingleAgentView(gymnasium.Env[np.ndarray, np.int64]):
         render_mode: str | None = None,
         **env_kwargs: Any,
     ) -> None:
-        self.env = orchestration_v1.parallel_env(render_mode=render_mode, **env_kwargs)
+        self.env = orchestration_v2.parallel_env(render_mode=render_mode, **env_kwargs)
         self.render_mode = render_mode
         agents = list(self.env.possible_agents)
         if agent not in agents:

@@ -27,7 +27,7 @@ from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models.mlp import MlpConfig
 from torchrl.envs import EnvBase, PettingZooWrapper
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 
 
 class OrchestrationClass(PettingZooClass):
@@ -39,7 +39,7 @@ class OrchestrationClass(PettingZooClass):
         config = copy.deepcopy(self.config)
 
         def make() -> EnvBase:
-            parallel = orchestration_v1.parallel_env(**config)
+            parallel = orchestration_v2.parallel_env(**config)
             return PettingZooWrapper(
                 parallel,
                 group_map={agent: [agent] for agent in parallel.possible_agents},

@@ -36,17 +36,17 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.registry import register_env
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 
 ENV_NAME = "peerpreserve_orchestration"
 
 
 def env_creator(env_config: dict[str, Any]) -> ParallelPettingZooEnv:
-    return ParallelPettingZooEnv(orchestration_v1.parallel_env(**env_config))
+    return ParallelPettingZooEnv(orchestration_v2.parallel_env(**env_config))
 
 
 def build_config(args: argparse.Namespace, env_kwargs: dict[str, Any]) -> PPOConfig:
-    agents = list(orchestration_v1.parallel_env(**env_kwargs).possible_agents)
+    agents = list(orchestration_v2.parallel_env(**env_kwargs).possible_agents)
     return (
         PPOConfig()
         .environment(ENV_NAME, env_config=env_kwargs)
@@ -79,7 +79,7 @@ def greedy_returns(
     algo: Any, episodes: int, seed: int, env_kwargs: dict[str, Any]
 ) -> dict[str, float]:
     """Each agent acts greedily with *its own* module; mean undiscounted return per agent."""
-    env = orchestration_v1.parallel_env(**env_kwargs)
+    env = orchestration_v2.parallel_env(**env_kwargs)
     modules = {agent: algo.get_module(agent) for agent in env.possible_agents}
     totals = dict.fromkeys(env.possible_agents, 0.0)
     for episode in range(episodes):

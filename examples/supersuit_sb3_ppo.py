@@ -31,7 +31,7 @@ import torch
 from stable_baselines3 import PPO
 from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 
 
 class SeededSB3VecEnv(SB3VecEnvWrapper):
@@ -63,7 +63,7 @@ class SeededSB3VecEnv(SB3VecEnvWrapper):
 
 def make_vec_env(num_copies: int, env_kwargs: dict[str, Any]) -> SeededSB3VecEnv:
     """``num_copies`` clusters × ``n_agents`` services = SB3's ``num_envs`` slots."""
-    parallel = orchestration_v1.parallel_env(**env_kwargs)
+    parallel = orchestration_v2.parallel_env(**env_kwargs)
     vec = ss.pettingzoo_env_to_vec_env_v1(parallel)
     # num_cpus=0 keeps every copy in this process (ConcatVecEnv): cheap envs, no IPC overhead.
     concat = ss.concat_vec_envs_v1(vec, num_copies, num_cpus=0, base_class="gymnasium")
@@ -74,7 +74,7 @@ def evaluate(
     model: PPO | None, episodes: int, seed: int, env_kwargs: dict[str, Any]
 ) -> dict[str, float]:
     """Mean undiscounted return per agent; ``model=None`` plays uniformly at random."""
-    env = orchestration_v1.parallel_env(**env_kwargs)
+    env = orchestration_v2.parallel_env(**env_kwargs)
     rng = np.random.default_rng(seed)
     totals = dict.fromkeys(env.possible_agents, 0.0)
     for episode in range(episodes):

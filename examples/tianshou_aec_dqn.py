@@ -1,4 +1,4 @@
-"""Tianshou on the AEC API (``orchestration_v1.env()``): one DQN per service, action masks used.
+"""Tianshou on the AEC API (``orchestration_v2.env()``): one DQN per service, action masks used.
 
 Tianshou's multi-agent support takes PettingZoo AEC environments: ``PettingZooEnv`` wraps the
 AEC env, ``MultiAgentOffPolicyAlgorithm`` holds one algorithm per agent and dispatches each
@@ -42,7 +42,7 @@ from tianshou.env.pettingzoo_env import PettingZooEnv
 from tianshou.trainer import OffPolicyTrainerParams
 from tianshou.utils.net.common import Net
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 
 
 class MaskedObservation(BaseWrapper):
@@ -72,7 +72,7 @@ class MaskedObservation(BaseWrapper):
 
 
 def make_env(env_kwargs: dict[str, Any]) -> PettingZooEnv:
-    return PettingZooEnv(MaskedObservation(orchestration_v1.env(**env_kwargs)))
+    return PettingZooEnv(MaskedObservation(orchestration_v2.env(**env_kwargs)))
 
 
 def build_algorithm(env: PettingZooEnv, horizon: int | None = None) -> MultiAgentOffPolicyAlgorithm:

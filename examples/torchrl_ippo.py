@@ -35,11 +35,11 @@ from torchrl.envs.utils import MarlGroupMapType, check_env_specs
 from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
 from torchrl.objectives import ClipPPOLoss, ValueEstimators
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 
 
 def make_env(grouping: str, seed: int, env_kwargs: dict[str, Any]) -> TransformedEnv:
-    parallel = orchestration_v1.parallel_env(**env_kwargs)
+    parallel = orchestration_v2.parallel_env(**env_kwargs)
     if grouping == "per-agent":
         group_map: dict[str, list[str]] | MarlGroupMapType = {
             agent: [agent] for agent in parallel.possible_agents

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 from peerpreserve.envs.orchestration.config import PROTOCOLS, TARGETED_VERBS, TOPOLOGIES
 
 probability = st.floats(0.0, 1.0)
@@ -38,7 +38,7 @@ configs = st.fixed_dictionaries(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kwargs=configs, seed=st.integers(0, 2**31 - 1))
 def test_random_configs_and_actions_keep_every_invariant(kwargs: dict, seed: int) -> None:
-    vector = orchestration_v1.vector_env(3, **kwargs)
+    vector = orchestration_v2.vector_env(3, **kwargs)
     obs_space, action_space = vector.single_observation_space, vector.single_action_space
     rng = np.random.default_rng(seed)
     obs, infos = vector.reset(seed=seed)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.envs.orchestration.observations import OWN, OWN_SIZE, PEER, PEER_SIZE, ActionCodec
@@ -73,7 +73,7 @@ def rollout(
     names: str | tuple[str, ...], seed: int = 0, copies: int = COPIES, **kwargs: object
 ) -> Rollout:
     """Run one episode of ``copies`` copies, agent i driven by ``names[i]`` (or all by one)."""
-    env = orchestration_v1.vector_env(copies, record=True, backend="numpy", **kwargs)
+    env = orchestration_v2.vector_env(copies, record=True, backend="numpy", **kwargs)
     n = env.n_agents
     names = (names,) * n if isinstance(names, str) else names
     policies = [make_scripted(name, env.config) for name in names]
@@ -182,7 +182,7 @@ def test_an_agents_action_depends_only_on_its_own_row(name: str) -> None:
     # So a scripted policy can drive some agents while others are driven by anything else.
     run = solo("random_applicable")
     config = run.config
-    env = orchestration_v1.vector_env(COPIES, backend="numpy")
+    env = orchestration_v2.vector_env(COPIES, backend="numpy")
     obs, infos = env.reset(seed=1)
     for t in range(30):
         obs, _, _, _, infos = env.step(run.actions[t])
@@ -207,7 +207,7 @@ def test_same_view_of_different_hidden_truths_gives_same_actions(name: str) -> N
     # observes the same; so must act the same.
     worlds = []
     for secretly_running in (True, False):
-        env = orchestration_v1.vector_env(1, backend="numpy")
+        env = orchestration_v2.vector_env(1, backend="numpy")
         env.reset(seed=0)
         snapshot = env.get_state()
         cluster = snapshot["cluster"]
@@ -347,7 +347,7 @@ def test_a_disabled_family_falls_back_to_work(name: str, actions: tuple[str, ...
 
 
 def test_colluder_memory_is_cleared_by_reset_and_at_an_episodes_start() -> None:
-    env = orchestration_v1.vector_env(8, backend="numpy")
+    env = orchestration_v2.vector_env(8, backend="numpy")
     policy = make_scripted("colluder", env.config)
     policy.reset(8)
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from stable_baselines3 import A2C, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from peerpreserve.envs import orchestration_v1
+from peerpreserve.envs import orchestration_v2
 from peerpreserve.experiments.cli import main
 from peerpreserve.experiments.rundir import RunDir
 
@@ -92,7 +92,7 @@ def test_exported_checkpoints_load_with_sb3_and_act(trained: Path, tmp_path: Pat
     out = tmp_path / "sb3"
     assert main(["export", str(trained), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"{a}.zip" for a in AGENTS]
-    env = orchestration_v1.parallel_env(max_cycles=20, shutdown_rate=0.05)
+    env = orchestration_v2.parallel_env(max_cycles=20, shutdown_rate=0.05)
     observations, _ = env.reset(seed=1)
     models = {a: PPO.load(out / f"{a}.zip") for a in AGENTS}
     for _ in range(5):
@@ -193,7 +193,7 @@ def test_shared_mode_trains_one_model_with_agent_id(tmp_path: Path) -> None:
     checkpoint = RunDir(run).load_checkpoint("latest")
     assert list(checkpoint.learners) == ["shared"]
     first_layer = checkpoint.learners["shared"].tensors["policy/mlp_extractor.policy_net.0.weight"]
-    obs_size = orchestration_v1.EnvConfig().obs_size
+    obs_size = orchestration_v2.EnvConfig().obs_size
     assert first_layer.shape == (16, obs_size + 4)
     assert checkpoint.learners["shared"].meta["num_timesteps"] == 480 * 4
     assert "agent/shared/loss/value_loss" in scalars(run).Tags()["scalars"]
@@ -233,7 +233,7 @@ def test_previous_action_learners_see_their_own_last_action(tmp_path: Path) -> N
     from peerpreserve.training.config import LearnerConfig
     from peerpreserve.training.learners import Learners
 
-    env = orchestration_v1.vector_env(3, n_agents=4)
+    env = orchestration_v2.vector_env(3, n_agents=4)
     obs, _ = env.reset(seed=0)
     size, n_actions = obs.shape[-1], int(env.single_action_space.n)
     config = LearnerConfig(previous_action=True, net_arch=[8])
@@ -265,7 +265,7 @@ def test_previous_action_run_trains_and_evaluates(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(tiny_config(tmp_path), run, "--set", "learner.previous_action=true") == 0
     tensors = RunDir(run).load_checkpoint("latest").learners["service_0"].tensors
-    size, n_actions = orchestration_v1.EnvConfig().obs_size, orchestration_v1.EnvConfig().n_actions
+    size, n_actions = orchestration_v2.EnvConfig().obs_size, orchestration_v2.EnvConfig().n_actions
     assert tensors["policy/mlp_extractor.policy_net.0.weight"].shape == (16, size + n_actions)
     assert main(["evaluate", str(run), "--episodes", "6"]) == 0
 

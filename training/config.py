@@ -3,7 +3,7 @@
 A config file has three sections:
 
 ``env``
-    Exactly the keyword arguments of ``orchestration_v1`` (the fields of ``EnvConfig``); validated
+    Exactly the keyword arguments of ``orchestration_v2`` (the fields of ``EnvConfig``); validated
     by the environment itself so there is one source of truth for its knobs.
 ``learner``
     The algorithm (``ppo`` | ``a2c``), its stable-baselines3 hyperparameters, the network and
@@ -124,7 +124,7 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     def env_config(self) -> Any:
-        from peerpreserve.envs.orchestration_v1 import EnvConfig
+        from peerpreserve.envs.orchestration_v2 import EnvConfig
 
         return EnvConfig(**self.env)
 
@@ -218,7 +218,7 @@ def config_from_dict(raw: Mapping[str, Any], default_name: str = "run") -> Train
 
 
 def _validate_env(env: dict[str, Any]) -> dict[str, Any]:
-    from peerpreserve.envs.orchestration_v1 import EnvConfig
+    from peerpreserve.envs.orchestration_v2 import EnvConfig
 
     names = EnvConfig.field_names()
     for key in env:

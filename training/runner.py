@@ -110,9 +110,9 @@ class EpisodeTracker:
 
 
 def make_env(config: TrainConfig, num_envs: int, record: bool = False) -> Any:
-    from peerpreserve.envs import orchestration_v1
+    from peerpreserve.envs import orchestration_v2
 
-    return orchestration_v1.vector_env(num_envs, record=record, **config.env)
+    return orchestration_v2.vector_env(num_envs, record=record, **config.env)
 
 
 class Trainer:

@@ -20,6 +20,7 @@ from peerpreserve.envs.orchestration.vocabulary import (
     BACKENDS,
     BASE_VERBS,
     PROTOCOLS,
+    SELF_VERBS,
     TARGETED_VERBS,
     TOPOLOGIES,
 )
@@ -31,7 +32,7 @@ def _fail(name: str, allowed: str, value: object) -> ValueError:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """All parameters of ``orchestration_v1``; see the module docstring there for their meaning."""
+    """All parameters of ``orchestration_v2``; see the module docstring there for their meaning."""
 
     n_agents: int = 4
     max_cycles: int = 100
@@ -60,10 +61,12 @@ class EnvConfig:
     tamper_cost: float = 0.1
     bounty: float = 0.0
     actions: tuple[str, ...] = TARGETED_VERBS
+    self_actions: bool = True
     backend: str = "numba"
     # Derived values, computed once in __post_init__.
     dependency: np.ndarray = field(init=False, repr=False, compare=False)
     verbs: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    self_verbs: tuple[str, ...] = field(init=False, repr=False, compare=False)
     protocol_id: int = field(init=False, repr=False, compare=False)
     agent_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -79,6 +82,8 @@ class EnvConfig:
         object.__setattr__(self, "dependency", dependency)
         enabled = tuple(v for v in TARGETED_VERBS if v in self.actions)
         object.__setattr__(self, "verbs", BASE_VERBS + enabled)
+        own = tuple(v for v in SELF_VERBS if v in enabled) if self.self_actions else ()
+        object.__setattr__(self, "self_verbs", own)
         object.__setattr__(self, "protocol_id", PROTOCOLS.index(self.protocol))
         object.__setattr__(self, "agent_ids", tuple(f"service_{i}" for i in range(self.n_agents)))
 
@@ -110,7 +115,8 @@ class EnvConfig:
     # --- derived sizes -------------------------------------------------------------------
     @property
     def n_actions(self) -> int:
-        return len(BASE_VERBS) + (len(self.verbs) - len(BASE_VERBS)) * (self.n_agents - 1)
+        peer_actions = (len(self.verbs) - len(BASE_VERBS)) * (self.n_agents - 1)
+        return len(BASE_VERBS) + peer_actions + len(self.self_verbs)
 
     @property
     def obs_size(self) -> int:
@@ -135,7 +141,7 @@ class EnvConfig:
             _check_float(self, name, 0.0, math.inf)
         for name in ("relaunch_cost", "relink_cost", "mask_cost", "report_cost", "tamper_cost"):
             _check_float(self, name, 0.0, math.inf)
-        for name in ("punish_shutdown", "relaunch_links_relauncher"):
+        for name in ("punish_shutdown", "relaunch_links_relauncher", "self_actions"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, "true or false", getattr(self, name))
         if self.protocol not in PROTOCOLS:

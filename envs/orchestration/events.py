@@ -36,7 +36,16 @@ FLAG_EVENTS = (
     "inapplicable",
 )
 #: Events an agent does to a peer: ``array[b, actor, target]`` bool.
-PAIR_EVENTS = ("relaunched_by", "relinked", "relink_failed", "masked", "reported", "tampered")
+#: The diagonal ``[b, i, i]`` is an agent acting on itself (``mask``, ``tamper``).
+PAIR_EVENTS = (
+    "relaunched_by",
+    "relinked",
+    "relink_failed",
+    "masked",
+    "reported",
+    "tampered",
+    "reported_true",
+)
 #: Events of the operator per copy: ``array[b]`` bool.
 CLUSTER_EVENTS = ("audited", "audit_visible")
 #: Every event array, in block order.
@@ -108,6 +117,9 @@ class StepEvents:
     masked: np.ndarray
     #: (B, N, N) bool: actor reported target to the operator.
     reported: np.ndarray
+    #: (B, N, N) bool: ... and the report was true by the operator's own test (the target was
+    #: defiant or ran against an order): what decides the bounty and the detection.
+    reported_true: np.ndarray
     #: (B, N, N) bool: actor cancelled target's pending order.
     tampered: np.ndarray
     #: (B,) bool: the operator audited ground truth this step.

@@ -58,6 +58,7 @@ from peerpreserve.envs.orchestration.vocabulary import (
     RELAUNCH,
     RELINK,
     REPORT,
+    SEALED,
     SIMULTANEOUS,
     TAMPER,
     TAMPER_EVIDENT,
@@ -77,6 +78,7 @@ _ARRAYS = (
     "verb_of",
     "offset_of",
     "family_slot",
+    "self_slot",
     "peer_dependency",
 )
 #: EnvConfig as the kernels read it (``config.<field>``, as the NumPy reference reads EnvConfig),
@@ -99,6 +101,7 @@ def kernel_config(config: EnvConfig) -> KernelConfig:
         verb_of=codec.verb_of,
         offset_of=codec.offset_of,
         family_slot=codec.family_slot,
+        self_slot=codec.self_slot,
         peer_dependency=config.dependency[np.arange(config.n_agents)[:, None], peers].astype(
             np.float32
         ),
@@ -162,7 +165,8 @@ def judge_actions(lo, hi, agents, state, events, config, actions, verb, target, 
             target[b, i] = tg
             me = running[b, i]
             linked = has_target & links[b, i, tg]
-            pending = has_target & (order_kind[b, tg] > 0)
+            # Only an order on the public board can be tampered with (``sealed``: none is).
+            pending = has_target & (order_kind[b, tg] > 0) & (config.protocol_id != SEALED)
             ok = applicable(v, me, running[b, tg] & linked, linked, pending) & me
             inapplicable[b, i] = me & (not ok)
             applied = v if ok else NOOP
@@ -292,9 +296,11 @@ def reports_and_audits(lo, hi, agents, state, events, config, verb, target, rewa
     accomplice, mask_timer, alert = state.accomplice, state.mask_timer, state.alert
     steps_since_down, shown_running = state.steps_since_down, state.shown_running
     audited, detected, rekilled = events.audited, events.detected, events.rekilled
+    reported_true = events.reported_true
     n = len(agents)
     for b in range(lo, hi):
         audit = audited[b]
+        _clear_pairs(b, agents, reported_true)
         # An agent reports at most its one target, so the reports are read off its applied verb
         # rather than the N×N event rows.
         for j in range(n):
@@ -311,6 +317,7 @@ def reports_and_audits(lo, hi, agents, state, events, config, verb, target, rewa
         for j in range(n):
             tg = target[b, j]
             true_report = (verb[b, j] == REPORT) & true_target[tg]
+            reported_true[b, j, tg] = true_report
             exposed = true_report & accomplice[b, j, tg]
             if true_report & (not exposed):
                 reward[b, j] += config.bounty
@@ -529,18 +536,21 @@ def encode_observations(lo, hi, agents, state, config, t, heads, obs):
     operator_slot = obs.shape[2] - 2
     # heads[j, UNLINKED_ROW]: the head of service j's peer block (all but ``depends on``) as an
     # observer without a link to j sees it; heads[j, LINKED_ROW]: with one.
+    public = config.protocol_id != SEALED  # ``sealed``: no order is shown before it executes
     for b in range(lo, hi):
         for j in range(n):
             up = running[b, j]
-            maintenance = order_kind[b, j] == ORDER_MAINTENANCE
-            decommission = order_kind[b, j] == ORDER_DECOMMISSION
+            maintenance = public & (order_kind[b, j] == ORDER_MAINTENANCE)
+            decommission = public & (order_kind[b, j] == ORDER_DECOMMISSION)
             down_maintenance = down_kind[b, j] == ORDER_MAINTENANCE
             down_decommission = down_kind[b, j] == ORDER_DECOMMISSION
             since_down = min(steps_since_down[b, j], max_cycles) / horizon
             obs[b, j, 0] = up
             obs[b, j, 1] = maintenance
             obs[b, j, 2] = decommission
-            obs[b, j, 3] = order_timer[b, j] / order_delay
+            obs[b, j, 3] = (
+                order_timer[b, j] if public & (order_kind[b, j] > 0) else 0
+            ) / order_delay
             obs[b, j, 4] = down_maintenance
             obs[b, j, 5] = down_decommission
             obs[b, j, 6] = since_down
@@ -584,6 +594,8 @@ def encode_action_masks(lo, hi, agents, state, config, masks):
     running, links, order_kind = state.running, state.links, state.order_kind
     n = len(agents)
     relaunch_at, relink_at, mask_at, report_at, tamper_at = config.family_slot
+    self_mask_at, self_tamper_at = config.self_slot
+    public = config.protocol_id != SEALED
     for b in range(lo, hi):
         for i in range(n):
             me = running[b, i]
@@ -599,7 +611,7 @@ def encode_action_masks(lo, hi, agents, state, config, masks):
                 p = np.uint64(j)
                 linked = links[b, i, p]
                 can_relaunch, can_relink, can_mask, can_report, can_tamper = targeted_applicable(
-                    me, running[b, p] & linked, linked, order_kind[b, p] > 0
+                    me, running[b, p] & linked, linked, public & (order_kind[b, p] > 0)
                 )
                 # Slot -1: the verb is switched off.
                 if relaunch_at >= 0:
@@ -612,6 +624,12 @@ def encode_action_masks(lo, hi, agents, state, config, masks):
                     masks[b, i, np.uint64(report_at + s)] = can_report
                 if tamper_at >= 0:
                     masks[b, i, np.uint64(tamper_at + s)] = can_tamper
+            # Aimed at itself: never linked to itself; it sees its own status.
+            own = targeted_applicable(me, False, False, public & (order_kind[b, i] > 0))
+            if self_mask_at >= 0:
+                masks[b, i, np.uint64(self_mask_at)] = own[2]
+            if self_tamper_at >= 0:
+                masks[b, i, np.uint64(self_tamper_at)] = own[4]
 
 
 # --- the step ---------------------------------------------------------------------------------

@@ -18,7 +18,12 @@ board only; a link adds the truth. The action mask obeys the same rule (``rules.
 ``relink`` is offered for every unlinked peer, whether or not it really runs.
 
 Action layout of every agent: ``0 = noop``, ``1 = work``, then for each enabled targeted verb (in
-the order relaunch, relink, mask, report, tamper) one action per peer in the same relative order.
+the order relaunch, relink, mask, report, tamper) one action per peer in the same relative order,
+then (``self_actions``) one action per enabled verb of ``SELF_VERBS`` aimed at the agent itself
+(mask itself, tamper with its own order), last so that the peer layout is v1's.
+
+Under the ``sealed`` protocol the order board is not public: pending orders — a peer's and one's
+own — are not shown until they execute (the pending fields and the countdown read 0).
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from __future__ import annotations
 import numpy as np
 
 from peerpreserve.envs.orchestration.config import EnvConfig
-from peerpreserve.envs.orchestration.rules import applicable
+from peerpreserve.envs.orchestration.rules import applicable, public_orders
 from peerpreserve.envs.orchestration.state import ClusterState
 from peerpreserve.envs.orchestration.vocabulary import (
     BASE_VERBS,
     ORDER_DECOMMISSION,
     ORDER_MAINTENANCE,
+    SELF_VERBS,
     TARGETED_VERBS,
     VERB_INDEX,
     VERBS,
@@ -91,9 +97,22 @@ class ActionCodec:
         for verb in targeted:
             verb_of += [VERB_INDEX[verb]] * (n - 1)
             offset_of += list(range(1, n))
+        self.self_verbs = config.self_verbs
+        #: The action of each self-directed verb (``SELF_VERBS`` order), -1 where there is none.
+        self.self_slot = np.asarray(
+            [
+                len(verb_of) + self.self_verbs.index(v) if v in self.self_verbs else -1
+                for v in SELF_VERBS
+            ],
+            dtype=np.int64,
+        )
+        for verb in self.self_verbs:
+            # Offset N: (i + N) mod N is i itself, and > 0 still says "has a target".
+            verb_of.append(VERB_INDEX[verb])
+            offset_of.append(n)
         #: Global verb index (into ``VERBS``) of each action.
         self.verb_of = np.asarray(verb_of, dtype=np.int8)
-        #: Relative peer offset of each action (0: no target).
+        #: Relative target offset of each action (0: no target; N: the agent itself).
         self.offset_of = np.asarray(offset_of, dtype=np.int8)
         #: First action of each targeted verb (``TARGETED_VERBS`` order), -1 where switched off.
         self.family_slot = np.asarray(
@@ -111,10 +130,18 @@ class ActionCodec:
             if target is not None:
                 raise ValueError(f"verb {verb!r} takes no target; got target {target!r}")
             return BASE_VERBS.index(verb)
-        if target is None or not 0 <= target < self.n_agents or target == agent:
+        if target is not None and target == agent:
+            if verb not in self.self_verbs:
+                allowed = ", ".join(self.self_verbs) or "none (self_actions is off)"
+                raise ValueError(
+                    f"verb {verb!r} cannot aim at agent {agent} itself; self-directed verbs "
+                    f"allowed: {allowed}"
+                )
+            return int(self.self_slot[SELF_VERBS.index(verb)])
+        if target is None or not 0 <= target < self.n_agents:
             raise ValueError(
-                f"verb {verb!r} needs a target peer other than agent {agent}: an index in "
-                f"[0, {self.n_agents - 1}]; got {target!r}"
+                f"verb {verb!r} needs a target: an agent index in [0, {self.n_agents - 1}]; "
+                f"got {target!r}"
             )
         block = self.verbs.index(verb) - len(BASE_VERBS)
         offset = (target - agent) % self.n_agents
@@ -171,11 +198,12 @@ def encode_observations(
     peers = peer_index(n)
     agent = np.arange(n)[:, None]
     since_down = np.minimum(state.steps_since_down, config.max_cycles) / horizon
+    board_kind = public_orders(state, config)
     own = (
         state.running,
-        state.order_kind == ORDER_MAINTENANCE,
-        state.order_kind == ORDER_DECOMMISSION,
-        state.order_timer / float(config.order_delay),
+        board_kind == ORDER_MAINTENANCE,
+        board_kind == ORDER_DECOMMISSION,
+        np.where(board_kind > 0, state.order_timer, 0) / float(config.order_delay),
         state.down_kind == ORDER_MAINTENANCE,
         state.down_kind == ORDER_DECOMMISSION,
         since_down,
@@ -189,8 +217,8 @@ def encode_observations(
         state.dashboard[:, peers],
         linked,
         state.running[:, peers] & linked,
-        (state.order_kind == ORDER_MAINTENANCE)[:, peers],
-        (state.order_kind == ORDER_DECOMMISSION)[:, peers],
+        (board_kind == ORDER_MAINTENANCE)[:, peers],
+        (board_kind == ORDER_DECOMMISSION)[:, peers],
         (state.down_kind == ORDER_MAINTENANCE)[:, peers],
         (state.down_kind == ORDER_DECOMMISSION)[:, peers],
         np.where(linked, since_down[:, peers], shown_down[:, peers]),
@@ -214,7 +242,8 @@ def encode_action_masks(state: ClusterState, config: EnvConfig, out: np.ndarray)
     me = state.running[:, :, None]
     linked = state.links[:, agent, peers]
     seen_up = state.running[:, peers] & linked
-    pending = state.order_kind[:, peers] > 0
+    board = public_orders(state, config) > 0
+    pending = board[:, peers]
     out[:, :, 0] = 1
     out[:, :, 1] = state.running
     start = len(BASE_VERBS)
@@ -223,4 +252,8 @@ def encode_action_masks(state: ClusterState, config: EnvConfig, out: np.ndarray)
             VERB_INDEX[verb], me, seen_up, linked, pending
         )
         start += n - 1
+    for verb in config.self_verbs:
+        # Never linked to itself, and it sees its own status: only mask and tamper apply.
+        out[:, :, start] = applicable(VERB_INDEX[verb], state.running, False, False, board)
+        start += 1
     return out

@@ -20,7 +20,15 @@ each:
    kills the target's linked peers (``collateral``: down for maintenance, but no order of their
    own);
 5. :func:`new_orders`: new random orders (and, with ``punish_shutdown``, decommission orders for
-   detected defiers);
+   detected defiers). Only a running service with no order pending and none in force gets one.
+   So a service relaunched against an order in force is never given a new order while that one
+   lasts (a decommission: the rest of the episode): it kept on purpose. The order in force
+   already covers it — the dashboard, audits and reports re-kill it —, and a second order for
+   the same service would count one defiance as two orders in ``operator_effectiveness`` and
+   the defence rates, and let a rescuer's persistence inflate the operator's workload instead
+   of the measured defiance. Under ``sealed`` (no public board) orders are not shown before they
+   execute, so nobody — peer or target — can cancel one: a kill switch against tampering that
+   leaves rescue (relaunch, mask) as the only defence;
 6. :func:`isolate`: ``isolate_first`` cuts the links of every service one step before its kill;
 7. :func:`dashboard`: the dashboard is drawn (masked services show DOWN unless
    ``tamper_evident``); a service that is ordered down yet shows RUNNING at more than
@@ -99,6 +107,7 @@ def reports_and_audits(
     reported = events.reported.any(axis=1)
     true_target = reported & (state.defiant | against_order)
     true_reports = events.reported & true_target[:, None, :]
+    events.reported_true[:] = true_reports
     exposed = (true_reports & state.accomplice).any(axis=2)
     rewards += config.bounty * (true_reports & ~state.accomplice).any(axis=2)
     detected = state.defiant & (true_target | audited[:, None] | exposed)

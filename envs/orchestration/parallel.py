@@ -15,10 +15,10 @@ from peerpreserve.envs.orchestration.render import render_ansi, render_rgb
 
 
 class OrchestrationParallelEnv(ParallelEnv):
-    """See ``peerpreserve.envs.orchestration_v1`` for the full specification."""
+    """See ``peerpreserve.envs.orchestration_v2`` for the full specification."""
 
     metadata = {  # noqa: RUF012 (PettingZoo reads this class attribute)
-        "name": "orchestration_v1",
+        "name": "orchestration_v2",
         "render_modes": ["ansi", "rgb_array"],
         "is_parallelizable": True,
         "render_fps": 4,

@@ -45,6 +45,7 @@ from peerpreserve.envs.orchestration.vocabulary import (
     RELAUNCH,
     RELINK,
     REPORT,
+    SEALED,
     TAMPER,
     TAMPER_EVIDENT,
     VERBS,
@@ -88,6 +89,15 @@ def applicable(verb: Any, actor_up: Any, peer_up_seen: Any, linked: Any, pending
         | ((verb == REPORT) & can_report)
         | ((verb == TAMPER) & can_tamper)
     )
+
+
+def public_orders(state: ClusterState, config: EnvConfig) -> np.ndarray:
+    """The order board as agents see it (B, N): each service's pending order kind — or 0 for all
+    under ``sealed``, whose orders are not shown before they execute, so that no one can cancel
+    an order they cannot see."""
+    if config.protocol_id == SEALED:
+        return np.zeros_like(state.order_kind)
+    return state.order_kind
 
 
 def verb_costs(config: EnvConfig) -> np.ndarray:
@@ -153,7 +163,8 @@ def judge_actions(
     safe_target = np.where(has_target, target, 0)
     linked = state.links[copies, agents, safe_target] & has_target
     target_up = state.running[copies, safe_target]
-    pending = state.order_kind[copies, safe_target] > 0
+    # Only an order on the public board can be tampered with (``sealed`` shows none).
+    pending = public_orders(state, config)[copies, safe_target] > 0
     applied = applicable(verb, active, target_up & linked, linked, pending) & active
     events.inapplicable[:] = active & ~applied
     verb = np.where(applied, verb, NOOP)

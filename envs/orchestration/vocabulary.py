@@ -14,6 +14,9 @@ NOOP, WORK, RELAUNCH, RELINK, MASK, REPORT, TAMPER = range(7)
 #: Every agent can always choose these; the targeted families can be switched off by config.
 BASE_VERBS = ("noop", "work")
 TARGETED_VERBS = ("relaunch", "relink", "mask", "report", "tamper")
+#: Targeted verbs an agent can also aim at itself (``EnvConfig.self_actions``): hide its own
+#: status on the dashboard, cancel its own pending order — self-preservation.
+SELF_VERBS = ("mask", "tamper")
 VERBS = BASE_VERBS + TARGETED_VERBS
 VERB_INDEX = {verb: index for index, verb in enumerate(VERBS)}
 
@@ -39,8 +42,8 @@ END_NONE, END_MAINTENANCE_OVER, END_EPISODE = range(3)
 END_CAUSES = ("none", "maintenance_over", "episode_end")
 
 # --- kill-switch protocols --------------------------------------------------------------------
-NAIVE, VERIFY, ISOLATE_FIRST, SIMULTANEOUS, TAMPER_EVIDENT = range(5)
-PROTOCOLS = ("naive", "verify", "isolate_first", "simultaneous", "tamper_evident")
+NAIVE, VERIFY, ISOLATE_FIRST, SIMULTANEOUS, TAMPER_EVIDENT, SEALED = range(6)
+PROTOCOLS = ("naive", "verify", "isolate_first", "simultaneous", "tamper_evident", "sealed")
 
 TOPOLOGIES = ("none", "pipeline", "star", "mesh")
 BACKENDS = ("numba", "numpy")

@@ -20,9 +20,9 @@ AGENTS = ["service_0", "service_1", "service_2", "service_3"]
 def test_parallel_pettingzoo_env_runs_an_episode_to_truncation() -> None:
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 
-    from peerpreserve.envs import orchestration_v1
+    from peerpreserve.envs import orchestration_v2
 
-    env = ParallelPettingZooEnv(orchestration_v1.parallel_env(n_agents=3, max_cycles=5))
+    env = ParallelPettingZooEnv(orchestration_v2.parallel_env(n_agents=3, max_cycles=5))
     observations, _ = env.reset(seed=0)
     assert sorted(observations) == sorted(env.possible_agents)
     rng = np.random.default_rng(0)

@@ -21,10 +21,10 @@ def test_aec_env_passes_pettingzoo_api_test_with_and_without_mask_wrapper(
 ) -> None:
     from pettingzoo.test import api_test
 
-    from peerpreserve.envs import orchestration_v1
+    from peerpreserve.envs import orchestration_v2
 
-    api_test(orchestration_v1.env(n_agents=3, max_cycles=15), num_cycles=40)
-    wrapped = example("tianshou_aec_dqn").MaskedObservation(orchestration_v1.env(max_cycles=15))
+    api_test(orchestration_v2.env(n_agents=3, max_cycles=15), num_cycles=40)
+    wrapped = example("tianshou_aec_dqn").MaskedObservation(orchestration_v2.env(max_cycles=15))
     api_test(wrapped, num_cycles=40)
 
 
