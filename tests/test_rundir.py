@@ -500,3 +500,18 @@ def test_sigkill_between_renames_of_a_resume_from_an_earlier_step(
     _complete_or_absent(run)
     expected, got = weights(uninterrupted), weights(run)
     assert all(np.array_equal(expected[k], got[k]) for k in expected)
+
+
+def test_runs_of_an_earlier_environment_version_are_one_line(
+    trained: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    info = json.loads((run / "run.json").read_text())
+    info["env_module"] = "orchestration_v1"
+    (run / "run.json").write_text(json.dumps(info))
+    for command in (["evaluate", str(run), "--episodes", "3"], ["train", "--resume", str(run),
+                    "--set", "run.total_timesteps=640"], ["replay", str(run)]):  # fmt: skip
+        assert main(command) == 2
+        err = one_line_error(capsys)
+        assert "trained on orchestration_v1, this is orchestration_v2" in err
