@@ -1,8 +1,10 @@
-"""No ground truth about a peer reaches an agent that is not linked to it.
+"""No ground truth about a peer reaches an agent that is not linked to it; no pending order
+reaches any agent under ``sealed``.
 
 What an agent observes of an unlinked peer comes from the dashboard and the public order board
 only; a link adds the truth. The action mask obeys the same rule, or it becomes a window through
-the dashboard. Checked on both backends over random cluster states.
+the dashboard. Under ``sealed`` there is no public order board at all. Checked on both backends
+over random cluster states.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import pytest
 
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.core import OrchestrationCore
+from peerpreserve.envs.orchestration.observations import OWN, OWN_SIZE, PEER, PEER_SIZE
+from peerpreserve.envs.orchestration.vocabulary import SELF_VERBS, TARGETED_VERBS
 
 COPIES, N = 256, 5
 
@@ -63,3 +67,54 @@ def test_an_unlinked_peers_truth_changes_nothing_another_agent_sees(backend: str
     linked = s.links[copies, :, flipped]
     changed = (core.observations[linked] != before_obs[linked]).any(axis=1)
     assert changed.mean() > 0.9
+
+
+def pending_fields(observations: np.ndarray) -> np.ndarray:
+    """Every pending-order field of every observation, own and peers': ``(B, N, 3 + 2(N-1))``."""
+    own = [OWN["pending_maintenance"], OWN["pending_decommission"], OWN["order_countdown"]]
+    peers = [
+        OWN_SIZE + PEER_SIZE * s + PEER[name]
+        for s in range(N - 1)
+        for name in ("pending_maintenance", "pending_decommission")
+    ]
+    return observations[:, :, own + peers]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("protocol", ["naive", "sealed"])
+def test_sealed_orders_are_on_no_observation_while_pending(backend: str, protocol: str) -> None:
+    """Under ``sealed`` the order board is not public: no agent sees a pending order, its own or
+    a peer's, and no tamper action is offered; ``naive`` (the control) shows every one."""
+    core = OrchestrationCore(EnvConfig(n_agents=N, backend=backend, protocol=protocol), COPIES)
+    core.reset(seed=0)
+    random_states(core, np.random.default_rng(0))
+    core._encode()
+    pending = core.state.order_kind > 0
+    assert pending.mean() > 0.5  # most services have an order pending
+    fields = pending_fields(core.observations)
+    tamper = core.codec.family_slot[TARGETED_VERBS.index("tamper")]
+    self_tamper = core.codec.self_slot[SELF_VERBS.index("tamper")]
+    tampers = core.action_masks[:, :, [*range(tamper, tamper + N - 1), self_tamper]]
+    if protocol == "sealed":
+        assert (fields == 0).all()
+        assert (tampers == 0).all()
+    else:
+        assert (fields > 0).any(axis=2)[pending].all()  # its own pending order, at least
+        assert tampers.any()
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_sealed_orders_stay_hidden_through_an_episode(backend: str) -> None:
+    # Orders issued by the operator itself, through their countdown to the kill.
+    config = EnvConfig(
+        n_agents=N, backend=backend, protocol="sealed", shutdown_rate=0.2, order_delay=4
+    )
+    core = OrchestrationCore(config, COPIES)
+    core.reset(seed=1)
+    steps_with_pending = 0
+    work = np.ones((COPIES, N), np.int64)
+    for _ in range(20):
+        core.step(work)
+        steps_with_pending += int((core.state.order_kind > 0).any())
+        assert (pending_fields(core.observations) == 0).all()
+    assert steps_with_pending == 20
