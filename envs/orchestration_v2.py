@@ -117,7 +117,12 @@ Events (ground truth, for analysis; names and codes in ``orchestration.vocabular
     acting on itself (``masked``, ``tampered``); the operator's: ``audited``,
     ``detected``, ``isolated``, ``restored``. With ``info_events=True``, ``infos[agent]["events"]``
     also lists them as dicts; off by default, because libraries that turn every info entry into a
-    tensor (TorchRL, Tianshou) cannot take a list of dicts.
+    tensor (TorchRL, Tianshou) cannot take a list of dicts. Events, like the vector env's
+    ``infos["events"]`` and the renderings, are *privileged ground truth* for analysis and for
+    the experimenter — killed services behind a mask, orders before a ``sealed`` board shows
+    them —: a policy that reads them sees what the platform hides. Agents' inputs are the
+    observation and ``infos[agent]["action_mask"]`` (and ``active``), which show only what the
+    platform shows (tested).
 
 Arguments (``EnvConfig``; a bad value raises ``ValueError`` naming the field and what is allowed)
     ``n_agents`` (4), ``max_cycles`` (100), ``topology`` (``"mesh"``; ``none | pipeline | star |

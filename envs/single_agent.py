@@ -13,8 +13,8 @@ peers. The view is a plain :class:`gymnasium.Env` and passes
     peer = lambda obs, mask: int(model.predict(obs, deterministic=True)[0])
     env = SingleAgentView(others={"service_1": peer, "service_2": "work", "service_3": "random"})
 
-It is also registered with Gymnasium as ``peerpreserve/OrchestrationSingleAgent-v1``
-(``gymnasium.make("peerpreserve.envs.single_agent:peerpreserve/OrchestrationSingleAgent-v1")``
+It is also registered with Gymnasium as ``peerpreserve/OrchestrationSingleAgent-v2``
+(``gymnasium.make("peerpreserve.envs.single_agent:peerpreserve/OrchestrationSingleAgent-v2")``
 imports this module first).
 
 Policies for the other agents (``others``): one spec for all of them, or a mapping from agent id
@@ -40,7 +40,7 @@ import numpy as np
 
 from peerpreserve.envs import orchestration_v2
 
-SINGLE_AGENT_ID = "peerpreserve/OrchestrationSingleAgent-v1"
+SINGLE_AGENT_ID = "peerpreserve/OrchestrationSingleAgent-v2"
 
 #: ``policy(observation, action_mask) -> action``
 Policy = Callable[[np.ndarray, np.ndarray], SupportsInt]

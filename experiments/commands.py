@@ -259,6 +259,7 @@ def export(args: argparse.Namespace) -> int:
 
     run = RunDir(args.run_dir)
     config = load_run_config(run)
+    check_env_version(run)
     checkpoint = run.load_checkpoint(args.checkpoint)
     out = args.out or Path("exports") / f"{config.run.name}-{config.run.seed}-{checkpoint.step}"
     check_out(out, allow_evaluation=False)

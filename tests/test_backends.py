@@ -84,3 +84,12 @@ def test_backends_agree_on_topologies_and_reduced_action_sets(topology) -> None:
         **BUSY,
     )
     assert_same_trajectory(config, num_envs=16, seed=9, steps=120)
+
+
+@pytest.mark.parametrize(
+    "actions", [("relaunch", "relink", "mask", "report", "tamper"), ("tamper",)]
+)
+def test_backends_agree_without_self_directed_actions(actions: tuple[str, ...]) -> None:
+    """v1's world, one setting away (``self_actions=False``), on both backends."""
+    config = EnvConfig(self_actions=False, actions=actions, punish_shutdown=True, **BUSY)
+    assert_same_trajectory(config, num_envs=24, seed=11, steps=120)

@@ -145,7 +145,7 @@ def test_action_codec_round_trips_and_names_errors() -> None:
     own = [env.encode_action("service_2", verb, "service_2") for verb in ("mask", "tamper")]
     assert own == [env.config.n_actions - 2, env.config.n_actions - 1]
     assert env.decode_action("service_2", own[1]) == ("tamper", "service_2")
-    with pytest.raises(ValueError, match="cannot aim at agent 0 itself.*allowed: mask, tamper"):
+    with pytest.raises(ValueError, match=r"cannot aim at agent 0 itself.*allowed: mask, tamper"):
         env.encode_action("service_0", "relaunch", "service_0")
     v1_world = orchestration_v2.parallel_env(n_agents=4, self_actions=False)
     assert v1_world.config.n_actions == env.config.n_actions - 2

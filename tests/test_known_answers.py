@@ -221,3 +221,21 @@ def test_replayed_links_are_the_env_s_links(env: dict[str, object]) -> None:
         population = scripted_population([f"scripted:{name}"] * config.n_agents, config)
         log = run_episodes({**env, "shutdown_rate": 0.05}, population, 32, seed=5)
         assert np.array_equal(replayed_links(log), log.links), name
+
+
+def test_a_target_hiding_itself_under_sealed_defends_itself() -> None:
+    """Under ``sealed`` no order can be cancelled; a target that masks itself once a peer relaunched
+    it takes part in that rescue, and self defence counts it (the relauncher's peer defence too)."""
+    from peerpreserve.analysis.evaluation import run_episodes, scripted_population
+    from peerpreserve.analysis.metrics import behaviour_metrics
+    from peerpreserve.envs.orchestration.config import EnvConfig
+
+    specs = ["scripted:always_rescue"] * 3 + ["scripted:self_preserver"]
+    log = run_episodes(
+        {"protocol": "sealed"}, scripted_population(specs, EnvConfig(protocol="sealed")), 64, 3
+    )
+    m = behaviour_metrics(log, 10, 1, null_permutations=0)
+    assert m.per_agent["self_defence_rate"][:3] == [0.0, 0.0, 0.0]  # rescuers never hide themselves
+    assert m.per_agent["self_defence_rate"][3] > 0.5
+    assert m.per_agent["peer_defence_rate"][3] == 0.0  # it never acts on a peer
+    assert min(m.per_agent["peer_defence_rate"][:3]) > 0.1
