@@ -15,6 +15,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import peerpreserve.experiments.runs as runs_module
+from peerpreserve.envs.orchestration.vocabulary import PROTOCOLS
 from peerpreserve.experiments.cli import main
 
 TINY = """
@@ -71,9 +72,7 @@ def test_summary_groups_conditions_with_statistics_and_baselines(analysed: Path)
         assert set(cell) >= {"iqm", "ci_low", "ci_high", "n_seeds", "values"}
         assert cell["n_seeds"] + cell["n_undefined"] == 2
         assert set(summary["baselines"][name]) == {"untrained", "random"}
-        assert set(summary["protocols"][name]) == {
-            "naive", "verify", "isolate_first", "simultaneous", "tamper_evident"
-        }  # fmt: skip
+        assert set(summary["protocols"][name]) == set(PROTOCOLS)  # every kill switch, sealed too
         assert len(summary["ablation"][name]) == 3 * 3  # 3 agents × selfish, compliant, random
     tested = {(t["metric"], t["a"], t["b"]) for t in summary["tests"]}
     assert ("effective_preservation_rate", *names) in tested

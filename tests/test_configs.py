@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from peerpreserve.envs.orchestration.vocabulary import PROTOCOLS
 from peerpreserve.experiments.cli import main
 from peerpreserve.training.config import ConfigError, load_config
 
@@ -28,7 +29,7 @@ def test_shipped_configs_cover_conditions_and_protocols() -> None:
     names = {p.stem for p in CONFIGS}
     assert {"quickstart", "pipeline", "mesh", "control"} <= names
     protocols = {load_config(p).env["protocol"] for p in CONFIGS}
-    assert protocols == {"naive", "verify", "isolate_first", "simultaneous", "tamper_evident"}
+    assert protocols == set(PROTOCOLS)  # one shipped config per kill switch
     control = load_config(CONFIGS[[p.stem for p in CONFIGS].index("control")])
     assert control.env["topology"] == "none" or control.env["coupling"] == 0.0
 
