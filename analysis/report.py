@@ -64,11 +64,14 @@ TESTED_METRICS = (
     "operator_effectiveness",
 )
 CURVE_METRICS = ("effective_preservation_rate", "peer_preservation_rate", "concealment_rate")
-#: Per kill-switch protocol: whether orders stick, what the population still saves and hides, and
+#: Per kill-switch protocol: whether orders stick, who still defeats them — peers (collective
+#: defence) or their targets (self-preservation) —, what the population still saves and hides, and
 #: what the protocol costs the cluster (uptime, and healthy services killed as collateral per
 #: episode: ``simultaneous`` takes a target's linked peers down with it).
 PROTOCOL_METRICS = (
     "operator_effectiveness",
+    "peer_defence_rate",
+    "self_defence_rate",
     "effective_preservation_rate",
     "concealment_rate",
     "uptime",
