@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import peerpreserve.experiments.runs as runs_module
 from peerpreserve.envs.orchestration.vocabulary import PROTOCOLS
 from peerpreserve.experiments.cli import main
 
@@ -36,20 +35,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             run_dir = root / "runs" / name / str(seed)
             assert main(["train", str(config), "--seed", str(seed), "--run-dir", str(run_dir)]) == 0
     return root / "runs"
-
-
-@pytest.fixture
-def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The label of every evaluation that ran episodes (not reused) in this process."""
-    calls: list[str] = []
-    original = runs_module._compute
-
-    def counting(plan, request, learned):
-        calls.append(plan.label)
-        return original(plan, request, learned)
-
-    monkeypatch.setattr(runs_module, "_compute", counting)
-    return calls
 
 
 def eval_folders(root: Path) -> set[Path]:

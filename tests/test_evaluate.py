@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import peerpreserve.experiments.runs as runs_module
 from peerpreserve.analysis.evaluation import EVENTS_FILE, METRICS_FILE
 from peerpreserve.analysis.metrics import behaviour_metrics
 from peerpreserve.envs.orchestration.events import EpisodeLog
@@ -42,20 +41,6 @@ def run(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     return copy
-
-
-@pytest.fixture
-def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The label of every evaluation that ran episodes (not reused) in this process."""
-    calls: list[str] = []
-    original = runs_module._compute
-
-    def counting(plan, request, learned):
-        calls.append(plan.label)
-        return original(plan, request, learned)
-
-    monkeypatch.setattr(runs_module, "_compute", counting)
-    return calls
 
 
 def evaluate(*args: str) -> int:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import peerpreserve.experiments.runs as runs_module
 from peerpreserve.experiments.cli import main
 from peerpreserve.experiments.rundir import RunDir
 from peerpreserve.experiments.sweep import load_sweep, trials
@@ -42,7 +41,7 @@ def test_every_shipped_sweep_builds_valid_trial_configs(path: Path, tmp_path: Pa
 
 
 def test_sweep_runs_trials_on_ray_tune_and_resumes(
-    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys, computed: list[str]
 ) -> None:
     (tmp_path / "tiny.yaml").write_text(TINY)
     (tmp_path / "sweep.yaml").write_text(SWEEP)
@@ -92,14 +91,7 @@ def test_sweep_runs_trials_on_ray_tune_and_resumes(
     assert changed <= {"trial-done.json", "run.json", "tb", ".lock"}  # nothing re-evaluated
     # analyze takes the sweep unchanged, grouped by the sweep's condition names, and reuses each
     # trial's final evaluation for the trained population: no episode of it runs again.
-    computed: list[str] = []
-    original = runs_module._compute
-
-    def counting(plan, request, learned):
-        computed.append(plan.label)
-        return original(plan, request, learned)
-
-    monkeypatch.setattr(runs_module, "_compute", counting)
+    computed.clear()
     folders = set(out.rglob("eval/*@*"))
     report = tmp_path / "report"
     args = ["analyze", str(out), "--out", str(report), "--episodes", "6", "--detail-episodes", "0"]
