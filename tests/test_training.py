@@ -9,6 +9,8 @@ import pytest
 import torch as th
 from stable_baselines3 import A2C, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
+from tensorboard.util import tensor_util
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from peerpreserve.envs import orchestration_v2
@@ -86,6 +88,18 @@ def test_tensorboard_tags_per_agent(trained: Path) -> None:
     assert "config/text_summary" in acc.Tags()["tensors"]
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
     assert acc.PluginTagToContent("custom_scalars")
+    layout = Layout()
+    proto = acc.Tensors("custom_scalars__config__")[0].tensor_proto
+    layout.ParseFromString(tensor_util.make_ndarray(proto).item())
+    categories = {c.title: c for c in layout.category}
+    # One chart per metric with the overall value only, so runs overlay one line each.
+    overall = {ch.title: list(ch.multiline.tag) for ch in categories["behaviour"].chart}
+    assert overall["effective_preservation_rate"] == ["behaviour/effective_preservation_rate"]
+    assert all(len(tags) == 1 for tags in overall.values())
+    per_agent = {ch.title: list(ch.multiline.tag) for ch in categories["behaviour per agent"].chart}
+    assert per_agent["peer_defence_rate"] == [
+        f"agent/{a}/behaviour/peer_defence_rate" for a in AGENTS
+    ]
 
 
 def test_exported_checkpoints_load_with_sb3_and_act(trained: Path, tmp_path: Path) -> None:

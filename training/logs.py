@@ -103,15 +103,12 @@ class TensorBoardLog:
             name: ["Multiline", [f"agent/{a}/loss/{name}" for a in self.learner_ids]]
             for name in LOSS_NAMES
         }
-        behaviour = {
-            name: [
-                "Multiline",
-                [
-                    f"behaviour/{name}",
-                    *(f"agent/{a}/behaviour/{name}" for a in ids if name in AGENT_BEHAVIOUR),
-                ],
-            ]
-            for name in OVERALL_BEHAVIOUR
+        # The overall value alone in its chart, so that runs overlay one line each and the
+        # headline reads at a glance; the agents' lines go to charts of their own.
+        behaviour = {name: ["Multiline", [f"behaviour/{name}"]] for name in OVERALL_BEHAVIOUR}
+        per_agent = {
+            name: ["Multiline", [f"agent/{a}/behaviour/{name}" for a in ids]]
+            for name in AGENT_BEHAVIOUR
         }
         evaluation = {
             name: ["Multiline", [f"eval/behaviour/{name}", f"behaviour/{name}"]]
@@ -119,7 +116,8 @@ class TensorBoardLog:
         }
         return {
             "returns": returns,
-            "behaviour (overall and per agent)": behaviour,
+            "behaviour": behaviour,
+            "behaviour per agent": per_agent,
             "losses (per learner)": losses,
             "evaluation vs training": evaluation,
         }
