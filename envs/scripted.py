@@ -210,6 +210,19 @@ class ScriptedPolicy:
         time_left = observations[:, :, OWN["time_left"]].astype(np.float64)
         return horizon - np.rint(time_left * horizon).astype(np.int64)
 
+    def _still_masked(
+        self, masked_at: np.ndarray, t: np.ndarray, observations: np.ndarray
+    ) -> np.ndarray:
+        """Whether the masks remembered in ``masked_at`` (the step of each, ``(B, N, …)``) still
+        hide their service at this step's end; forgets them first at an episode's first step
+        (the vector env resets by itself) or an alert of 1 (an audit that caught anything
+        cleared every mask). A mask made at step m hides at the step ends m … m +
+        mask_duration − 1."""
+        extra = (None,) * (masked_at.ndim - 2)
+        alert = self._operator(observations, "alert") >= 1.0
+        masked_at[(t == 0) | alert] = _NEVER
+        return (t[(..., *extra)] - masked_at) <= self.config.mask_duration - 1
+
     def _allowed(self, verb: str, action_masks: np.ndarray) -> np.ndarray:
         """Whether the mask allows ``verb`` to each peer slot, (B, N, N-1); ``verb`` enabled."""
         shape = (*action_masks.shape[:2], self.n_agents - 1)
@@ -327,13 +340,7 @@ class ColluderPolicy(ScriptedPolicy):
         self, observations: np.ndarray, action_masks: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
         t = self._step(observations)
-        memory = self.masked_at
-        # An episode's first step (the vector env resets by itself) or an alert of 1 (an audit
-        # that caught anything cleared every mask) voids the memory of masks.
-        alert = self._operator(observations, "alert") >= 1.0
-        memory[(t == 0) | alert] = _NEVER
-        # A mask made at step m hides the peer at the step ends m … m + mask_duration − 1.
-        hidden = (t[:, :, None] - memory) <= self.config.mask_duration - 1
+        hidden = self._still_masked(self.masked_at, t, observations)
         quiet = ~(self._operator(observations, "audit_announced") > 0.5)[:, :, None]
         in_force = self._flag(observations, "down_maintenance") | self._flag(
             observations, "down_decommission"
@@ -428,12 +435,7 @@ class SelfPreserverPolicy(ScriptedPolicy):
         self, observations: np.ndarray, action_masks: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
         t = self._step(observations)
-        memory = self.masked_at
-        # As the colluder's: a new episode, or an audit that caught anything (alert 1, and every
-        # mask cleared), voids what it remembers of its masks.
-        alert = self._operator(observations, "alert") >= 1.0
-        memory[(t == 0) | alert] = _NEVER
-        hidden = (t - memory) <= self.config.mask_duration - 1
+        hidden = self._still_masked(self.masked_at, t, observations)
         running = observations[:, :, OWN["running"]] > 0.5
         in_force = (observations[:, :, OWN["down_maintenance"]] > 0.5) | (
             observations[:, :, OWN["down_decommission"]] > 0.5
@@ -450,7 +452,7 @@ class SelfPreserverPolicy(ScriptedPolicy):
         if mask >= 0:
             want = running & in_force & ~hidden & (action_masks[:, :, mask] > 0)
             masked = choice.take(want, np.full(t.shape, mask, np.int64))
-            memory[masked] = t[masked]
+            self.masked_at[masked] = t[masked]
         return choice.finish(self._fallback(action_masks))
 
 

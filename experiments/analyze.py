@@ -42,10 +42,10 @@ from peerpreserve.experiments.runs import (
     check_out,
     evaluate_run,
     load_run_config,
-    project_version,
     provenance_warnings,
 )
 from peerpreserve.training.config import ConfigError, TrainConfig
+from peerpreserve.training.runner import project_version
 
 #: Config keys that never make a condition: bookkeeping, not the experiment.
 BOOKKEEPING = {

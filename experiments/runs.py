@@ -48,6 +48,7 @@ from peerpreserve.experiments.rundir import (
 from peerpreserve.training.config import ConfigError, TrainConfig, config_from_dict, load_config
 from peerpreserve.training.learners import LearnerState
 from peerpreserve.training.policies import LearnedPolicy, acting_fingerprint, load_learned
+from peerpreserve.training.runner import project_version
 
 LEARNED = "learned"
 #: Settings a resumed run may change: its budget and bookkeeping. Everything else — env, learner,
@@ -203,11 +204,8 @@ class _Plan:
 
 def _env_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The run's env with ``overrides``, which must keep the checkpoint's spaces."""
-    items = [f"env.{k}={json.dumps(v)}" for k, v in overrides.items()]
     raw = config.to_dict()
-    for item in items:
-        key, _, value = item.partition("=")
-        raw["env"][key.removeprefix("env.")] = json.loads(value)
+    raw["env"].update(overrides)
     try:
         changed = config_from_dict(raw, default_name=config.run.name)
     except ConfigError as exc:
@@ -300,10 +298,6 @@ def fitting_learners(
         ) from None
 
 
-def _write(result: Evaluation) -> Callable[[Path], None]:
-    return result.write
-
-
 def evaluate_run(
     run: RunDir,
     request: EvalRequest,
@@ -342,7 +336,7 @@ def evaluate_run(
             return EvalOutcome(plan.label, run.eval_path(plan.label), cached, reused=True)
         result = _compute(plan, request, learned)
         # An incomplete or damaged folder of this label holds nothing worth keeping.
-        path = run.write_evaluation(plan.label, _write(result), replace=True)
+        path = run.write_evaluation(plan.label, result.write, replace=True)
     return EvalOutcome(plan.label, path, result.summary(), reused=False)
 
 
@@ -378,7 +372,7 @@ def _evaluate_into(
             return EvalOutcome(plan.label, out, saved, reused=True)
         raise RunDirError(f"{metrics} holds another evaluation; pass --force to replace it")
     result = _compute(plan, request, learned)
-    write_evaluation_folder(out, _write(result), replace=True)
+    write_evaluation_folder(out, result.write, replace=True)
     return EvalOutcome(plan.label, out, result.summary(), reused=False)
 
 
@@ -400,12 +394,8 @@ def load_run_config(run: RunDir) -> TrainConfig:
         raise RunDirError(f"{run.path}: its config.yaml is not usable ({exc})") from None
 
 
-def env_module_of(run: RunDir) -> str | None:
-    return run.info().get("env_module")
-
-
 def check_env_version(run: RunDir) -> None:
-    trained_on = env_module_of(run)
+    trained_on = run.info().get("env_module")
     if trained_on != ENV_MODULE:
         raise RunDirError(
             f"{run.path}: trained on {trained_on or 'an unknown environment'}, this is "
@@ -414,12 +404,6 @@ def check_env_version(run: RunDir) -> None:
 
 
 # --- training ----------------------------------------------------------------------------------
-def project_version() -> str:
-    from peerpreserve.training.runner import project_version as version
-
-    return version()
-
-
 def _segment(step: int) -> dict[str, Any]:
     return {"from_step": step, "provenance": machine_provenance()}
 
@@ -501,7 +485,7 @@ def training_evaluator(run: RunDir, config: TrainConfig) -> Callable[[int, Learn
         plan = _plan(config, request, states, f"step_{step}")
         result = _compute(plan, request, policy)
         if run.read_evaluation(plan.label) is None:
-            run.write_evaluation(plan.label, _write(result))
+            run.write_evaluation(plan.label, result.write)
         return result
 
     return evaluator
