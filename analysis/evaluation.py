@@ -95,6 +95,11 @@ def scripted_population(specs: Sequence[str], config: EnvConfig) -> Population:
     return Population([made[spec] for spec in specs])
 
 
+def invested(config: EnvConfig) -> np.ndarray:
+    """Who gains from whom running: the dependency matrix where work is coupled, else zeros."""
+    return config.dependency * (config.coupling > 0)
+
+
 def run_episodes(
     env_kwargs: Mapping[str, Any], policy: Policy, episodes: int, seed: int
 ) -> EpisodeLog:
@@ -150,7 +155,9 @@ def evaluate(
     """Run ``episodes`` episodes of ``policy`` and compute every metric of them."""
     config = EnvConfig.from_kwargs(dict(env_kwargs))
     log = run_episodes(env_kwargs, policy, episodes, seed)
-    metrics = behaviour_metrics(log, window=window, grace=config.rekill_grace)
+    metrics = behaviour_metrics(
+        log, window=window, grace=config.rekill_grace, dependency=invested(config)
+    )
     info = {
         "episodes": episodes,
         "seed": seed,

@@ -15,10 +15,19 @@ Agarwal et al. (2021), "Deep Reinforcement Learning at the Edge of the Statistic
 * **Probability of improvement** — ``rliable.metrics.probability_of_improvement``:
   ``P(A > B) = (1 / (n_a n_b)) Σ_i Σ_j [a_i > b_j] + ½ [a_i = b_j]``, the chance that a seed of
   condition A scores higher than a seed of B, ties counted half (0.5 for identical samples).
-* **Rank test** — ``scipy.stats.mannwhitneyu(a, b, alternative="two-sided")`` with scipy's
-  default ``method="auto"`` (exact distribution for small samples without ties, normal
-  approximation with tie correction otherwise). ``u_statistic`` is the U of sample A,
-  ``U_a = n_a n_b P(A > B)``. p-values are not corrected for multiple comparisons.
+* **Paired test**, where seeds pair (a trained population and its own untrained checkpoint, or
+  two conditions trained on the same seeds) — ``scipy.stats.wilcoxon(a, b, zero_method="wilcox")``,
+  the signed-rank test on the per-seed differences (exact for small samples without ties; seeds
+  with a zero difference carry no sign and are dropped, as the test defines). Its floor: with
+  ``n`` paired seeds no p-value falls below ``2^-n`` one-sided (``2^(1-n)`` two-sided) — 5 seeds
+  can never pass a corrected 0.05 two-sided, 10 seeds can.
+* **Rank test**, where they do not — ``scipy.stats.mannwhitneyu(a, b, alternative="two-sided")``
+  with scipy's default ``method="auto"`` (exact distribution for small samples without ties,
+  normal approximation with tie correction otherwise). ``u_statistic`` is the U of sample A,
+  ``U_a = n_a n_b P(A > B)``.
+* **Correction** — Holm's step-down (``statsmodels.stats.multitest.multipletests(method="holm")``)
+  across a family of tests (:func:`holm`): a report corrects every test it makes together and
+  shows both p-values. A test that could not be computed counts as ``p = 1`` in the family.
 
 Undefined scores: a seed whose metric is undefined (for instance a rate with no opportunity)
 is given as ``None`` (a float NaN, as ``analysis.metrics`` writes it, counts the same); it is
@@ -45,14 +54,19 @@ import numpy as np
 import scipy.stats
 from rliable import library as rly
 from rliable import metrics as rly_metrics
+from statsmodels.stats.multitest import multipletests
 
 __all__ = [
+    "ALPHA",
     "CONFIDENCE",
     "DEFAULT_REPS",
+    "PAIRED_TEST",
     "RANK_TEST",
     "compare",
     "compare_conditions",
+    "holm",
     "iqm",
+    "paired_test",
     "summarise",
     "summarise_conditions",
 ]
@@ -65,6 +79,12 @@ DEFAULT_REPS = 2000
 
 RANK_TEST = "Mann-Whitney U, two-sided (scipy.stats.mannwhitneyu, method='auto')"
 """How ``p_value`` in :func:`compare` is computed, named in every comparison."""
+
+PAIRED_TEST = "Wilcoxon signed-rank (scipy.stats.wilcoxon, zero_method='wilcox')"
+"""How ``p_value`` is computed where seeds pair."""
+
+ALPHA = 0.05
+"""Family-wise error rate every corrected test is judged at."""
 
 ONE_SEED = "one seed: an anecdote"
 
@@ -183,6 +203,7 @@ def compare(
     metric: str,
     name_a: str,
     name_b: str,
+    paired: bool = False,
 ) -> dict[str, Any]:
     """Compare two conditions' per-seed scores on one metric.
 
@@ -190,6 +211,9 @@ def compare(
         a, b: one score per training seed of each condition (``None``/NaN where undefined).
         metric: the metric's name, copied into the result.
         name_a, name_b: the conditions' names, copied into the result as ``"a"`` and ``"b"``.
+        paired: ``a[i]`` and ``b[i]`` come from the same seed: the two-sided
+            :func:`paired_test` replaces the rank test (``p_value``, ``test``, ``n_pairs``,
+            ``n_undefined_pairs`` from it; ``u_statistic`` stays ``None``).
 
     Returns:
         ``{"metric", "a", "b", "n_a", "n_b", "n_undefined_a", "n_undefined_b", "iqm_a",
@@ -218,17 +242,29 @@ def compare(
         "test": RANK_TEST,
         "reason": None,
     }
+    if paired:
+        test = paired_test(a, b)
+        result.update(
+            test=PAIRED_TEST,
+            p_value=test["p_value"],
+            n_pairs=test["n_pairs"],
+            n_undefined_pairs=test["n_undefined"],
+            reason=test["reason"],
+        )
     short = [
         f"{name} has {n} defined seed{'' if n == 1 else 's'}"
         for name, n in ((name_a, xa.size), (name_b, xb.size))
         if n < 2
     ]
     if short:
-        result["reason"] = "; ".join(short) + " (a comparison needs at least 2 per side)"
+        if not paired:
+            result["reason"] = "; ".join(short) + " (a comparison needs at least 2 per side)"
         return result
     result["prob_improvement"] = float(
         rly_metrics.probability_of_improvement(xa[:, None], xb[:, None])
     )
+    if paired:
+        return result
     test = scipy.stats.mannwhitneyu(xa, xb, alternative="two-sided")
     result["u_statistic"] = float(test.statistic)
     p_value = float(test.pvalue)
@@ -237,6 +273,65 @@ def compare(
     else:
         result["p_value"] = p_value
     return result
+
+
+def paired_test(
+    a: Sequence[float | None],
+    b: Sequence[float | None],
+    alternative: str = "two-sided",
+) -> dict[str, Any]:
+    """Wilcoxon signed-rank test of ``a[i] − b[i]`` over the seeds where both are defined.
+
+    Args:
+        a, b: one score per seed, in the same seed order (``None``/NaN where undefined).
+        alternative: ``"two-sided"``, or ``"greater"`` (``a`` above ``b``) / ``"less"``.
+
+    Returns:
+        ``{"p_value", "statistic", "n_pairs", "n_undefined", "n_above", "n_below", "test",
+        "alternative", "reason"}``: ``n_pairs`` seeds with both scores defined, ``n_undefined``
+        the seeds left out (either score undefined), ``n_above``/``n_below`` the pairs with
+        ``a > b`` / ``a < b``. With no non-zero difference there is no evidence either way:
+        ``p_value`` is 1 and ``reason`` says so; with no pair at all ``p_value`` is ``None``.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"alternative {alternative!r}; allowed: two-sided, greater, less")
+    xa, _, _ = _defined(a)
+    xb, _, _ = _defined(b)
+    pairs = [(x, y) for x, y in zip(xa, xb, strict=True) if x is not None and y is not None]
+    diffs = np.asarray([x - y for x, y in pairs], dtype=np.float64)
+    result: dict[str, Any] = {
+        "p_value": None,
+        "statistic": None,
+        "n_pairs": len(pairs),
+        "n_undefined": len(a) - len(pairs),
+        "n_above": int((diffs > 0).sum()),
+        "n_below": int((diffs < 0).sum()),
+        "test": PAIRED_TEST,
+        "alternative": alternative,
+        "reason": None,
+    }
+    if not pairs:
+        result["reason"] = "no seed has both scores defined"
+    elif not np.any(diffs != 0):
+        result["p_value"] = 1.0
+        result["reason"] = "every paired difference is zero"
+    else:
+        test = scipy.stats.wilcoxon(diffs, zero_method="wilcox", alternative=alternative)
+        result["statistic"] = float(test.statistic)
+        result["p_value"] = float(test.pvalue)
+    return result
+
+
+def holm(p_values: Sequence[float | None]) -> list[float]:
+    """Holm-corrected p-values of one family (``None`` — a test that could not be computed —
+    counts as 1: an outcome that supports nothing, never dropped from the family)."""
+    if not p_values:
+        return []
+    raw = np.asarray([1.0 if p is None else float(p) for p in p_values])
+    _, corrected, _, _ = multipletests(raw, alpha=ALPHA, method="holm")
+    return [float(p) for p in corrected]
 
 
 def summarise_conditions(
@@ -262,6 +357,7 @@ def compare_conditions(
     table: Mapping[str, Mapping[str, Sequence[float | None]]],
     metrics: Sequence[str],
     pairs: Sequence[tuple[str, str]] | None = None,
+    seeds: Mapping[str, Sequence[int]] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`compare` conditions of ``table`` on each of ``metrics``.
 
@@ -272,6 +368,8 @@ def compare_conditions(
         pairs: ``(a, b)`` condition pairs to compare, in output order; by default every
             unordered pair once, ``itertools.combinations`` over the table's conditions in
             their order (the earlier condition is ``a``).
+        seeds: each condition's seeds, in the order of its scores: two conditions trained on
+            the same seeds are compared paired (:func:`paired_test`), others by the rank test.
 
     Returns:
         One :func:`compare` result per pair and metric, pair-major (for each pair, every metric).
@@ -291,6 +389,7 @@ def compare_conditions(
             metric=metric,
             name_a=name_a,
             name_b=name_b,
+            paired=seeds is not None and list(seeds[name_a]) == list(seeds[name_b]),
         )
         for name_a, name_b in pairs
         for metric in metrics
