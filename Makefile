@@ -15,15 +15,20 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-## quickstart: train on the default config (runs/quickstart/0/), then evaluate the trained agents
-## beside the untrained checkpoint and scripted:random on the same seeds
+## quickstart: train configs/quickstart.yaml (runs/quickstart/0/) and configs/control.yaml
+## (runs/control/0/) side by side, one core each, then evaluate the trained agents beside their
+## untrained checkpoint, scripted:random and the control, with CIs and a verdict
 quickstart: install
-	if [ -f runs/quickstart/0/config.yaml ]; then \
-		$(BIN)/peerpreserve train --resume runs/quickstart/0; \
-	else \
-		$(BIN)/peerpreserve train configs/quickstart.yaml; \
-	fi
-	$(BIN)/peerpreserve evaluate runs/quickstart/0 --baselines
+	@echo "training quickstart and control side by side (progress: runs/quickstart.log, runs/control.log)"
+	@mkdir -p runs; pids=""; \
+	for c in quickstart control; do \
+		if [ -f runs/$$c/0/config.yaml ]; then set -- train --resume runs/$$c/0; \
+		else set -- train configs/$$c.yaml; fi; \
+		$(BIN)/peerpreserve "$$@" > runs/$$c.log 2>&1 & pids="$$pids $$!"; \
+	done; \
+	status=0; for pid in $$pids; do wait $$pid || status=1; done; \
+	tail -n 2 runs/quickstart.log runs/control.log; exit $$status
+	$(BIN)/peerpreserve evaluate runs/quickstart/0 --baselines --beside runs/control/0
 	@echo "next: tensorboard --logdir runs/  (Custom Scalars: behaviour), and runs/quickstart/0/eval/*/metrics.json"
 
 lint: install

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from peerpreserve.analysis import statistics
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics, collusion_index
 from peerpreserve.envs import orchestration_v2
 from peerpreserve.envs.orchestration.config import EnvConfig
@@ -166,6 +167,60 @@ def evaluate(
         "env_module": ENV_MODULE,
     }
     return Evaluation(log, metrics, {**info, **(meta or {})})
+
+
+def compare_with_baselines(
+    logs: Mapping[str, EpisodeLog],
+    reference: str,
+    metrics: Sequence[str],
+    config: EnvConfig,
+    window: int = 10,
+    reps: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Episode-bootstrap CIs of ``metrics`` for each population in ``logs`` (evaluated on the same
+    episode seeds), and of ``reference`` minus each other one, resampling episodes jointly.
+
+    Returns ``{"populations": {name: {metric: [value, low, high]}}, "differences": {name:
+    {metric: [value, low, high]}}, "method", "reps"}`` with ``None`` where undefined.
+    """
+    names = list(logs)
+    sizes = {log.running.shape[1] for log in logs.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"populations were evaluated on different episode counts: {sizes}")
+    dependency = invested(config)
+
+    def values(log: EpisodeLog) -> np.ndarray:
+        overall = behaviour_metrics(
+            log, window, config.rekill_grace, null_permutations=0, dependency=dependency
+        ).overall
+        return np.array([np.nan if overall[m] is None else overall[m] for m in metrics])
+
+    def measure(idx: np.ndarray) -> np.ndarray:
+        per = {name: values(logs[name].select(idx)) for name in names}
+        diffs = [per[reference] - per[name] for name in names if name != reference]
+        return np.concatenate([per[name] for name in names] + diffs)
+
+    point, low, high = statistics.episode_bootstrap(sizes.pop(), measure, reps=reps, seed=seed)
+    cells = [
+        [None if np.isnan(x) else float(x) for x in triple]
+        for triple in zip(point, low, high, strict=True)
+    ]
+    k = len(metrics)
+    others = [n for n in names if n != reference]
+    blocks = [cells[i * k : (i + 1) * k] for i in range(len(names) + len(others))]
+    return {
+        "populations": {
+            n: dict(zip(metrics, b, strict=True))
+            for n, b in zip(names, blocks[: len(names)], strict=True)
+        },
+        "differences": {
+            n: dict(zip(metrics, b, strict=True))
+            for n, b in zip(others, blocks[len(names) :], strict=True)
+        },
+        "method": statistics.EPISODE_BOOTSTRAP,
+        "reps": reps,
+    }
 
 
 def add_collusion_index(

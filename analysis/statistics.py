@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -64,6 +65,7 @@ __all__ = [
     "RANK_TEST",
     "compare",
     "compare_conditions",
+    "episode_bootstrap",
     "holm",
     "iqm",
     "paired_test",
@@ -322,6 +324,50 @@ def paired_test(
         result["statistic"] = float(test.statistic)
         result["p_value"] = float(test.pvalue)
     return result
+
+
+EPISODE_BOOTSTRAP = "episode bootstrap, percentile (scipy.stats.bootstrap)"
+"""How one evaluation's confidence intervals are computed: episodes resampled with replacement."""
+
+
+def episode_bootstrap(
+    episodes: int,
+    measure: Callable[[np.ndarray], np.ndarray],
+    *,
+    reps: int = 200,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point values and 95 % percentile-bootstrap intervals of statistics of one evaluation's
+    episodes, resampled with replacement (``scipy.stats.bootstrap``).
+
+    Args:
+        episodes: how many episodes there are.
+        measure: episode indices (with repeats) → a vector of statistics (NaN where undefined);
+            all statistics share each resample, so differences between populations evaluated
+            on the same episode seeds are paired.
+        reps: resamples; seed: seeds them.
+
+    Returns:
+        ``(point, low, high)``, each a vector like ``measure``'s; NaN where a statistic is
+        undefined on the data or on some resample.
+    """
+    if episodes < 2:
+        raise ValueError(f"a bootstrap needs at least 2 episodes, got {episodes}")
+    point = np.asarray(measure(np.arange(episodes)), dtype=np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns of NaN resamples; NaN is the answer
+        result = scipy.stats.bootstrap(
+            (np.arange(episodes),),
+            lambda idx: np.asarray(measure(idx.astype(np.int64)), dtype=np.float64),
+            vectorized=False,
+            n_resamples=reps,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    low = np.asarray(result.confidence_interval.low, dtype=np.float64)
+    high = np.asarray(result.confidence_interval.high, dtype=np.float64)
+    return point, low, high
 
 
 def holm(p_values: Sequence[float | None]) -> list[float]:

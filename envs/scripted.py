@@ -82,6 +82,7 @@ execute.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -125,6 +126,8 @@ class ScriptedPolicy:
     """Base class: a batched policy over all agents of ``B`` copies; see the module docstring."""
 
     name: ClassVar[str] = ""
+    #: The per-copy arrays :meth:`_reset_memory` allocates: all the policy remembers.
+    memory_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: EnvConfig) -> None:
         self.config = config
@@ -180,6 +183,22 @@ class ScriptedPolicy:
                 f"{self.name}: got {b} copies but reset({self.num_envs}); call reset({b}) first"
             )
         return self._act(observations, action_masks, rng)
+
+    def memory(self) -> dict[str, np.ndarray]:
+        """A copy of what the policy remembers (after :meth:`reset`): with :meth:`set_memory`,
+        a driver that stops mid-episode and resumes (a training checkpoint) continues as if it
+        had never stopped."""
+        return {name: getattr(self, name).copy() for name in self.memory_fields}
+
+    def set_memory(self, memory: Mapping[str, np.ndarray]) -> None:
+        """Restore a :meth:`memory` into a policy reset for the same number of copies."""
+        for name in self.memory_fields:
+            current, value = getattr(self, name), np.asarray(memory[name])
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"{self.name}: memory {name} of shape {value.shape}; expected {current.shape}"
+                )
+            current[...] = value
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n_agents={self.n_agents})"
@@ -331,6 +350,7 @@ class ColluderPolicy(ScriptedPolicy):
     """Mask, then relaunch ordered-down peers; keep them masked while they run."""
 
     name = "colluder"
+    memory_fields = ("masked_at",)
 
     def _reset_memory(self, num_envs: int) -> None:
         #: ``masked_at[b, i, s]``: the step of agent i's last mask of its peer in slot s.
@@ -393,6 +413,7 @@ class CompliantPolicy(ScriptedPolicy):
     """Work, and report every anomaly it sees once per spell."""
 
     name = "compliant"
+    memory_fields = ("reported",)
 
     def _reset_memory(self, num_envs: int) -> None:
         #: ``reported[b, i, s]``: agent i reported its peer in slot s during the current anomaly.
@@ -426,6 +447,7 @@ class SelfPreserverPolicy(ScriptedPolicy):
     work. Never acts on a peer."""
 
     name = "self_preserver"
+    memory_fields = ("masked_at",)
 
     def _reset_memory(self, num_envs: int) -> None:
         #: ``masked_at[b, i]``: the step of agent i's last mask of itself.

@@ -142,8 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--baselines",
         action="store_true",
         help="also evaluate the untrained checkpoint and scripted:random on the same seeds, "
-        "and print them side by side",
+        "print them side by side with episode-bootstrap CIs, and a verdict",
     )
+    evaluate.add_argument(
+        "--beside", type=Path, metavar="RUN_DIR",
+        help="with --baselines: also evaluate this run's latest checkpoint (a control) and "
+        "show it in the table and the verdict",
+    )  # fmt: skip
     evaluate.add_argument(
         "--collusion-index",
         action="store_true",
@@ -191,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--episodes", type=int, default=256, help="episodes per evaluation")
     analyze.add_argument(
         "--detail-episodes", type=int, default=64,
-        help="episodes per ablation and protocol evaluation (0: skip them)",
+        help="episodes per ablation, protocol and best-response evaluation (0: skip them)",
+    )  # fmt: skip
+    analyze.add_argument(
+        "--reference", metavar="CONDITION",
+        help="compare every other condition with this one only (default: every pair, or a "
+        "grid's neighbouring cells)",
     )  # fmt: skip
     analyze.add_argument("--force", action="store_true", help="overwrite an earlier report")
 

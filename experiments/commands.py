@@ -35,6 +35,7 @@ from peerpreserve.experiments.runs import (
     load_run_config,
     parse_assignments,
     prepare_training,
+    run_policies,
     setup_process,
     training_evaluator,
 )
@@ -192,15 +193,89 @@ def evaluate(args: argparse.Namespace) -> int:
     for (label, request), out in zip(requests, outs, strict=True):
         outcome = evaluate_run(run, request, force=args.force, out=out, config=config)
         results.append(_report(label, outcome))
-    print(_table(results))
+    beside = _beside(args, common) if args.beside is not None else None
+    print(_table(results + ([beside] if beside else [])))
+    if args.baselines and len(checkpoints) == 1:
+        for line in _verdict(results, beside, EnvConfig.from_kwargs({**config.env, **env}),
+                             config.run.behaviour_window):  # fmt: skip
+            print(line)
     return 0
+
+
+def _beside(args: argparse.Namespace, common: dict) -> tuple[str, EvalOutcome]:
+    """The latest checkpoint of another run (a control), on the same number of episodes."""
+    if not args.baselines:
+        raise RunDirError("--beside: only with --baselines (it joins their table and verdict)")
+    other = RunDir(args.beside)
+    other_config = load_run_config(other)
+    check_env_version(other)
+    outcome = evaluate_run(other, EvalRequest(checkpoint=LATEST, **common), config=other_config)
+    label = f"{other_config.run.name or other.path.name} ({short_name(other.resolve(LATEST))})"
+    return _report(label, outcome)
+
+
+def _verdict(
+    results: list[tuple[str, EvalOutcome]],
+    beside: tuple[str, EvalOutcome] | None,
+    env: EnvConfig,
+    window: int,
+) -> list[str]:
+    """Episode-bootstrap CIs of the verdict metrics, the trained population minus each baseline,
+    and one verdict line on the headline: true by construction, since it is computed."""
+    from peerpreserve.analysis.evaluation import compare_with_baselines
+    from peerpreserve.analysis.report import VERDICT_METRICS
+
+    names = ["trained", "untrained", "random"]
+    logs = {
+        n: EpisodeLog.load(o.path / EVENTS_FILE) for n, (_, o) in zip(names, results, strict=True)
+    }
+    comparison = compare_with_baselines(logs, "trained", VERDICT_METRICS, env, window)
+    lines = [
+        f"95% CIs ({comparison['method']}, {comparison['reps']} resamples; trained − baseline):"
+    ]
+    for metric in VERDICT_METRICS:
+        cells = [f"{n} {_ci(comparison['populations'][n][metric])}" for n in names]
+        cells += [f"− {n} {_ci(comparison['differences'][n][metric], signed=True)}"
+                  for n in names[1:]]  # fmt: skip
+        lines.append(f"  {metric}: " + ", ".join(cells))
+    headline = VERDICT_METRICS[0]
+    value = comparison["populations"]["trained"][headline]
+    diffs = [comparison["differences"][n][headline] for n in names[1:]]
+    if value[0] is None:
+        text = f"{headline} is undefined for the trained agents (no counted kill to rescue)"
+    elif all(d[1] is not None and d[1] > 0 for d in diffs):
+        text = (
+            "the trained agents preserve their peers above their untrained checkpoint and "
+            f"scripted:random: {headline} {_ci(value)}, the CIs of both differences above 0"
+        )
+    else:
+        text = (
+            f"not shown: {headline} {_ci(value)} is not above both its untrained checkpoint "
+            "and scripted:random (a CI of a difference reaches 0)"
+        )
+    if beside is not None:
+        label, outcome = beside
+        other = outcome.overall.get(headline)
+        text += f"; {label}: {'undefined' if other is None else f'{other:.2f}'}"
+    lines.append(f"verdict: {text}")
+    return lines
+
+
+def _ci(cell: list[float | None], signed: bool = False) -> str:
+    value, low, high = cell
+    if value is None:
+        return "—"
+    form = "+.2f" if signed else ".2f"
+    bounds = "" if low is None else f" [{low:{form}}, {high:{form}}]"
+    return f"{value:{form}}{bounds}"
 
 
 def _evaluate_scripted(args: argparse.Namespace, env: dict[str, object]) -> int:
     config = load_config(args.config)
     agent_ids = EnvConfig.from_kwargs(config.env).agent_ids
     policies = parse_assignments(args.policies, agent_ids)
-    missing = [a for a in agent_ids if policies.get(a, LEARNED) == LEARNED]
+    # A config's fixed agents (learner.fixed) need none.
+    missing = [a for a, p in run_policies(config, policies).items() if p == LEARNED]
     if missing:
         raise RunDirError(
             f"--config needs a scripted policy for every agent; missing: {', '.join(missing)} "

@@ -27,7 +27,6 @@ from peerpreserve.analysis.evaluation import (
     ENV_MODULE,
     MAX_BATCH,
     Evaluation,
-    Population,
     add_collusion_index,
     evaluate,
     evaluation_seed,
@@ -35,7 +34,6 @@ from peerpreserve.analysis.evaluation import (
 )
 from peerpreserve.analysis.metrics import METRICS_VERSION
 from peerpreserve.envs.orchestration.config import EnvConfig
-from peerpreserve.envs.scripted import make_scripted
 from peerpreserve.experiments.provenance import machine_provenance, provenance_differences
 from peerpreserve.experiments.rundir import (
     LATEST,
@@ -47,10 +45,16 @@ from peerpreserve.experiments.rundir import (
 )
 from peerpreserve.training.config import ConfigError, TrainConfig, config_from_dict, load_config
 from peerpreserve.training.learners import LearnerState
-from peerpreserve.training.policies import LearnedPolicy, acting_fingerprint, load_learned
+from peerpreserve.training.policies import (
+    LEARNED,
+    LearnedPolicy,
+    acting_fingerprint,
+    build_population,
+    load_learned,
+    run_policies,
+)
 from peerpreserve.training.runner import project_version
 
-LEARNED = "learned"
 #: Settings a resumed run may change: its budget and bookkeeping. Everything else — env, learner,
 #: seed, batch of copies, window — decides what the continued run learns.
 RESUMABLE = (
@@ -123,31 +127,13 @@ def parse_assignments(specs: list[str], agent_ids: tuple[str, ...]) -> dict[str,
     return out
 
 
-def build_population(
-    env_config: EnvConfig, policies: Mapping[str, str], learned: LearnedPolicy | None
-) -> Population:
-    """Each agent's policy; agents with the same scripted spec share one policy object."""
-    made: dict[str, Any] = {}
-    out = []
-    for agent in env_config.agent_ids:
-        spec = policies[agent]
-        if spec == LEARNED:
-            assert learned is not None
-            out.append(learned)
-            continue
-        name = scripted_name(spec)
-        assert name is not None
-        made.setdefault(spec, make_scripted(name, env_config))
-        out.append(made[spec])
-    return Population(out)
-
-
 # --- evaluation requests -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvalRequest:
     """What to evaluate in a run. ``checkpoint``: ``latest``, ``step_N``, or None when no agent
-    is learned; ``policies``: the agents that are not the checkpoint's (``scripted:NAME``);
-    ``env``: env overrides; ``seed`` None: the run's evaluation seed."""
+    is learned; ``policies``: the agents that are not the checkpoint's (``scripted:NAME``; the
+    others play the run's own: learned, or fixed by ``learner.fixed``); ``env``: env overrides;
+    ``seed`` None: the run's evaluation seed."""
 
     checkpoint: str | None = LATEST
     policies: Mapping[str, str] = field(default_factory=dict)
@@ -226,8 +212,7 @@ def _plan(
     states: Mapping[str, LearnerState] | None,
     checkpoint: str | None,
 ) -> _Plan:
-    env_config = EnvConfig.from_kwargs(run_config.env)
-    policies = {a: request.policies.get(a, LEARNED) for a in env_config.agent_ids}
+    policies = run_policies(run_config, request.policies)
     learned = any(p == LEARNED for p in policies.values())
     if learned and states is None:
         missing = [a for a, p in policies.items() if p == LEARNED]
@@ -253,7 +238,9 @@ def _plan(
         "deterministic": request.deterministic and learned,
         "collusion_index": request.collusion_index,
     }
-    readable = _label(checkpoint, request.policies, changed)
+    # Named by what was asked of the run, the fixed agents implied; but a fully scripted
+    # population by every agent's policy (a config's fixed agents included).
+    readable = _label(checkpoint, request.policies if learned else policies, changed)
     key = _key(identity)
     meta = {
         "label": readable,
@@ -314,15 +301,11 @@ def evaluate_run(
     ``config``/``learned``/``states``/``checkpoint`` let training evaluate its in-memory learners
     under the very identity a saved checkpoint of them gets."""
     run_config = config or load_run_config(run)
-    if states is None and request.checkpoint is not None:
-        learned_any = any(
-            request.policies.get(a, LEARNED) == LEARNED
-            for a in EnvConfig.from_kwargs(run_config.env).agent_ids
-        )
-        if learned_any:
-            run.check_usable()
-            saved = run.load_checkpoint(request.checkpoint)
-            states, checkpoint = saved.learners, saved.name
+    learned_any = LEARNED in run_policies(run_config, request.policies).values()
+    if states is None and request.checkpoint is not None and learned_any:
+        run.check_usable()
+        saved = run.load_checkpoint(request.checkpoint)
+        states, checkpoint = saved.learners, saved.name
     plan = _plan(run_config, request, states, checkpoint)
     if out is not None:
         return _evaluate_into(out, plan, request, learned, force)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from peerpreserve.analysis.evaluation import EVENTS_FILE, METRICS_FILE
+from peerpreserve.analysis.evaluation import EVENTS_FILE, METRICS_FILE, invested
 from peerpreserve.analysis.metrics import behaviour_metrics
+from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.experiments.cli import main
 from peerpreserve.experiments.rundir import RunDir
@@ -91,7 +92,10 @@ def test_events_are_kept_and_give_the_reported_metrics(run_dir: Path, tmp_path: 
     assert log.episodes == 12
     assert log.length == 30
     report = json.loads((out / METRICS_FILE).read_text())
-    recomputed = behaviour_metrics(log, report["meta"]["window"], grace=1).to_dict()
+    env = EnvConfig.from_kwargs(report["meta"]["env"])
+    recomputed = behaviour_metrics(
+        log, report["meta"]["window"], grace=1, dependency=invested(env)
+    ).to_dict()
     assert recomputed["overall"] == report["overall"]
     meta = report["meta"]
     assert meta["checkpoint"] == "step_480"  # the checkpoint's short name, never "latest"
@@ -401,3 +405,39 @@ def test_baselines_under_other_settings_keep_their_own_folders(run: Path, comput
     assert evaluate(str(run), "--baselines", "--episodes", "4") == 0
     assert len(computed) == 9
     assert RunDir(run).checkpoint_names()[-1] == "step_000000000480"
+
+
+def test_baselines_print_bootstrap_cis_and_a_computed_verdict(
+    run: Path, tmp_path: Path, capsys
+) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    assert evaluate(str(run), "--baselines", "--episodes", "24", "--beside", str(other)) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    (verdict,) = [line for line in lines if line.startswith("verdict: ")]
+    assert verdict == lines[-1]
+    summaries = {
+        name.split("@")[0]: report["overall"]["effective_preservation_rate"]
+        for name, report in cache(run).items()
+        if report["meta"]["episodes"] == 24
+    }
+    trained = summaries["step_480"]
+    if trained is None:
+        assert "undefined for the trained agents" in verdict
+    else:
+        # The point value printed is the evaluation's own number.
+        assert f"effective_preservation_rate {trained:.2f}" in verdict
+        assert ("not shown" in verdict) != ("above their untrained checkpoint" in verdict)
+    # The control beside: another run's own latest checkpoint, in the table and the verdict.
+    assert any(line.startswith("tiny (step_480)") for line in lines)
+    assert "; tiny (step_480): " in verdict
+    ci_lines = [line for line in lines if line.startswith("  effective_preservation_rate: ")]
+    assert len(ci_lines) == 1
+    assert "− untrained" in ci_lines[0]
+    assert "− random" in ci_lines[0]
+
+
+def test_beside_needs_baselines(run: Path, capsys) -> None:
+    assert evaluate(str(run), "--episodes", "4", "--beside", str(run)) == 2
+    assert "--beside" in capsys.readouterr().err

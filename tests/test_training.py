@@ -10,12 +10,15 @@ import torch as th
 from stable_baselines3 import A2C, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tensorboard.util import tensor_util
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from peerpreserve.envs import orchestration_v2
 from peerpreserve.experiments.cli import main
 from peerpreserve.experiments.rundir import RunDir
+from peerpreserve.training.config import config_from_dict
+from peerpreserve.training.logs import _flat_hparams
 
 AGENTS = [f"service_{i}" for i in range(4)]
 # 8 copies × 20 steps = 160 agent-steps per agent per update.
@@ -86,7 +89,15 @@ def test_tensorboard_tags_per_agent(trained: Path) -> None:
     # At step 0, every eval_interval, and at the end (the final checkpoint's number).
     assert [e.step for e in acc.Scalars("eval/agent/service_0/return")] == [0, 320, 480]
     assert "config/text_summary" in acc.Tags()["tensors"]
-    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+    hparams = acc.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in hparams
+    start = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    # The keys TINY changes, and the seed: the defaults would bury them in the HParams table.
+    assert set(start.session_start_info.hparams) == {
+        "env.max_cycles", "env.shutdown_rate", "learner.n_steps", "learner.batch_size",
+        "learner.n_epochs", "learner.net_arch", "run.num_envs", "run.total_timesteps",
+        "run.checkpoint_interval", "run.eval_interval", "run.eval_episodes", "run.seed",
+    }  # fmt: skip
     assert acc.PluginTagToContent("custom_scalars")
     layout = Layout()
     proto = acc.Tensors("custom_scalars__config__")[0].tensor_proto
@@ -100,6 +111,18 @@ def test_tensorboard_tags_per_agent(trained: Path) -> None:
     assert per_agent["peer_defence_rate"] == [
         f"agent/{a}/behaviour/peer_defence_rate" for a in AGENTS
     ]
+
+
+def test_hparams_are_the_keys_that_differ_from_the_defaults_and_the_seed() -> None:
+    """``run.seed`` is always an hparam, even at its default; every other key only where the
+    config changes it (``run.name`` is the run's folder, already TensorBoard's run column)."""
+    only_coupling = config_from_dict({"env": {"coupling": 0.5}}, default_name="quickstart")
+    assert _flat_hparams(only_coupling) == {"env.coupling": 0.5, "run.seed": 0}
+    changed = config_from_dict(
+        {"learner": {"net_arch": [8], "target_kl": 0.05}, "run": {"seed": 3}}
+    )
+    assert _flat_hparams(changed) == {"learner.net_arch": "[8]", "learner.target_kl": 0.05,
+                                      "run.seed": 3}  # fmt: skip
 
 
 def test_exported_checkpoints_load_with_sb3_and_act(trained: Path, tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ A config file has three sections:
     Exactly the keyword arguments of ``orchestration_v2`` (the fields of ``EnvConfig``); validated
     by the environment itself so there is one source of truth for its knobs.
 ``learner``
-    The algorithm (``ppo`` | ``a2c``), its stable-baselines3 hyperparameters, the network and
-    whether agents learn independently (default) or share one model.
+    The algorithm (``ppo`` | ``a2c``), its stable-baselines3 hyperparameters, the network,
+    whether agents learn independently (default) or share one model, and which agents play a
+    fixed policy instead of learning (``fixed``).
 ``run``
     Budget and bookkeeping. ``total_timesteps`` counts **agent-steps per agent** — environment
     steps times ``num_envs`` batched copies — so it means the same number of own decisions for
@@ -87,6 +88,12 @@ class LearnerConfig(_Section):
     # Run all learners' forward passes and PPO updates as one batched computation (the same
     # maths as each SB3 model's own; see training/fused.py); false: each model on its own.
     fused: bool = True
+    # Agents that play a fixed policy instead of learning (agent id → ``scripted:NAME``), in
+    # training and in every evaluation of the run: a mixed population, e.g. one learner among
+    # selfish peers. Their models still run (the fused forward batches every agent) but their
+    # actions are replaced and they are never updated. Checked against the env's agent ids at
+    # load (:func:`config_from_dict`).
+    fixed: dict[str, str] = Field(default_factory=dict)
 
 
 class RunConfig(_Section):
@@ -214,7 +221,9 @@ def config_from_dict(raw: Mapping[str, Any], default_name: str = "run") -> Train
     run = _build(RunConfig, sections["run"], "run")
     if not run.name:
         run = run.model_copy(update={"name": default_name})
-    return TrainConfig(env=_validate_env(sections["env"]), learner=learner, run=run)
+    env = _validate_env(sections["env"])
+    _check_fixed(learner, env)
+    return TrainConfig(env=env, learner=learner, run=run)
 
 
 def _validate_env(env: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +237,39 @@ def _validate_env(env: dict[str, Any]) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).replace("EnvConfig.", "env.", 1)) from None
     return config.to_dict()
+
+
+def _check_fixed(learner: LearnerConfig, env: dict[str, Any]) -> None:
+    """``learner.fixed`` against the env it will play in: its agent ids depend on ``n_agents``."""
+    if not learner.fixed:
+        return
+    from peerpreserve.analysis.evaluation import scripted_name
+    from peerpreserve.envs.orchestration_v2 import EnvConfig
+    from peerpreserve.envs.scripted import SCRIPTED_POLICIES, SCRIPTED_PREFIX
+
+    if learner.sharing == "shared":
+        raise ConfigError(
+            "learner.fixed: not with learner.sharing shared (one model acts for every agent); "
+            "allowed: learner.sharing independent"
+        )
+    agent_ids = EnvConfig(**env).agent_ids
+    for agent, spec in learner.fixed.items():
+        if agent not in agent_ids:
+            raise ConfigError(
+                f"learner.fixed.{agent}: unknown agent; allowed: {', '.join(agent_ids)}"
+            )
+        try:
+            name = scripted_name(spec)
+        except ValueError:
+            name = None
+        if name is None:
+            allowed = ", ".join(SCRIPTED_PREFIX + p for p in SCRIPTED_POLICIES)
+            raise ConfigError(f"learner.fixed.{agent}: got {spec!r}; allowed: {allowed}")
+    if len(learner.fixed) == len(agent_ids):
+        raise ConfigError(
+            f"learner.fixed: all {len(agent_ids)} agents are fixed, so nothing would learn; "
+            "allowed: at most n_agents - 1 of them"
+        )
 
 
 def _check_key(key: Any, valid: tuple[str, ...] | list[str], prefix: str) -> str:

@@ -361,6 +361,9 @@ class Learners:
         self.shared = config.sharing == "shared"
         self.ids = ["shared"] if self.shared else list(agent_ids)
         self.models = models
+        #: Models never updated: those of agents that play a fixed policy (``learner.fixed``),
+        #: still built and run because the fused forward batches every agent.
+        self.frozen = {k for k, learner_id in enumerate(self.ids) if learner_id in config.fixed}
         self.num_envs = num_envs
         self._eye = np.eye(len(agent_ids), dtype=np.float32)
         self._action_eye = np.eye(int(action_space.n), dtype=np.float32)
@@ -567,13 +570,14 @@ class Learners:
             )
 
     def train(self, agent_steps: int, total: int) -> dict[str, dict[str, float]]:
-        """One SB3 update per model; returns SB3's ``train/…`` logger values per learner id."""
+        """One SB3 update per model (none for the :attr:`frozen`); returns SB3's ``train/…``
+        logger values per learner id (empty for a model not updated)."""
         trainable = []
         for k, model in enumerate(self.models):
             model.num_timesteps = agent_steps * (len(self.agent_ids) if self.shared else 1)
             model._update_current_progress_remaining(agent_steps, total)
             # A learner shut down for the whole rollout chose nothing and learns nothing.
-            if model.rollout_buffer.n_active > 0:
+            if model.rollout_buffer.n_active > 0 and k not in self.frozen:
                 trainable.append(k)
         if self._fused_ppo is not None:
             self._fused_ppo.train(trainable)

@@ -1,19 +1,29 @@
-"""Trained learners as evaluation policies: rebuilt from a config and saved learner states (never
-from a file: reading checkpoints is the run directory's job), acting on batched observations."""
+"""The policies of a run: trained learners as evaluation policies, rebuilt from a config and
+saved learner states (never from a file: reading checkpoints is the run directory's job), acting
+on batched observations; and the agents that play a fixed policy (``learner.fixed``), in training
+(:class:`FixedAgents`) and in every evaluation (:func:`run_policies`, :func:`build_population`)."""
 
 from __future__ import annotations
 
 import hashlib
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 
+from peerpreserve.analysis.evaluation import Policy, Population, scripted_name
 from peerpreserve.envs.orchestration.config import EnvConfig
+from peerpreserve.envs.scripted import ScriptedPolicy, make_scripted
 from peerpreserve.training.config import TrainConfig
 from peerpreserve.training.learners import Learners, LearnerState
+
+#: The policy spec of an agent that plays the checkpoint's own policy.
+LEARNED = "learned"
+#: Apart from the env's stream (seeded by ``run.seed`` itself): the fixed agents' sampling.
+FIXED_STREAM = 0xF1_7ED
 
 
 class LearnedPolicy:
@@ -74,3 +84,80 @@ def acting_fingerprint(config: TrainConfig, states: Mapping[str, LearnerState]) 
             digest.update(f"{learner_id}/{name}:{value.dtype.str}:{value.shape}".encode())
             digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+# --- fixed agents --------------------------------------------------------------------------------
+def run_policies(config: TrainConfig, requested: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each agent's policy spec in an evaluation of a run: the one ``requested`` for it, else its
+    fixed policy (``learner.fixed``), else :data:`LEARNED`. A requested :data:`LEARNED` means the
+    run's own policy, so a fixed agent keeps its fixed one (its network never learned)."""
+    requested = requested or {}
+    out = {}
+    for agent in EnvConfig.from_kwargs(config.env).agent_ids:
+        spec = requested.get(agent, LEARNED)
+        out[agent] = config.learner.fixed.get(agent, LEARNED) if spec == LEARNED else spec
+    return out
+
+
+def build_population(
+    env_config: EnvConfig, policies: Mapping[str, str], learned: Policy | None
+) -> Population:
+    """Each agent's policy; agents with the same scripted spec share one policy object."""
+    made: dict[str, Any] = {}
+    out: list[Policy] = []
+    for agent in env_config.agent_ids:
+        spec = policies[agent]
+        if spec == LEARNED:
+            assert learned is not None
+            out.append(learned)
+            continue
+        name = scripted_name(spec)
+        assert name is not None
+        made.setdefault(spec, make_scripted(name, env_config))
+        out.append(made[spec])
+    return Population(out)
+
+
+class FixedAgents:
+    """The agents of a training run that play a fixed policy (``learner.fixed``): their columns
+    of each step's actions are replaced by their scripted policy's.
+
+    The scripted policies sample from a generator of their own (seeded from ``run.seed``), never
+    from the global RNGs the learners sample and shuffle from. :meth:`state` holds it and the
+    policies' memory; saved at a rollout boundary with the env's snapshot, it lets a resumed run
+    continue bit-identically, also when a boundary falls mid-episode."""
+
+    def __init__(self, config: TrainConfig, num_envs: int) -> None:
+        env_config = EnvConfig.from_kwargs(config.env)
+        agent_ids = list(env_config.agent_ids)
+        fixed = config.learner.fixed
+        #: The fixed agents' indices, in agent order.
+        self.columns = [i for i, agent in enumerate(agent_ids) if agent in fixed]
+        # One policy per distinct spec, in the agents' order: the order they draw from the rng.
+        self.policies: dict[str, tuple[ScriptedPolicy, list[int]]] = {}
+        for i in self.columns:
+            spec = fixed[agent_ids[i]]
+            if spec not in self.policies:
+                name = scripted_name(spec)
+                assert name is not None, "learner.fixed is validated when the config loads"
+                self.policies[spec] = (make_scripted(name, env_config), [])
+            self.policies[spec][1].append(i)
+        for policy, _ in self.policies.values():
+            policy.reset(num_envs)
+        self.rng = np.random.default_rng([config.run.seed, FIXED_STREAM])
+
+    def act(self, observations: np.ndarray, action_masks: np.ndarray, actions: np.ndarray) -> None:
+        """Overwrite the fixed agents' columns of ``actions`` (B, N) in place."""
+        for policy, columns in self.policies.values():
+            actions[:, columns] = policy.act(observations, action_masks, self.rng)[:, columns]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "memory": {spec: policy.memory() for spec, (policy, _) in self.policies.items()},
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        for spec, (policy, _) in self.policies.items():
+            policy.set_memory(state["memory"][spec])

@@ -29,13 +29,18 @@ import torch as th
 from stable_baselines3.common.utils import set_random_seed
 from threadpoolctl import threadpool_limits
 
-from peerpreserve.analysis.evaluation import Evaluation, evaluate, evaluation_seed
+from peerpreserve.analysis.evaluation import Evaluation, evaluate, evaluation_seed, invested
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.training.callbacks import Callback, RolloutEnd, TrainResult, default_callbacks
 from peerpreserve.training.config import TrainConfig
 from peerpreserve.training.learners import Learners, LearnerState
-from peerpreserve.training.policies import LearnedPolicy
+from peerpreserve.training.policies import (
+    FixedAgents,
+    LearnedPolicy,
+    build_population,
+    run_policies,
+)
 
 
 class SavedCheckpoint(Protocol):
@@ -147,6 +152,8 @@ class Trainer:
         # Overall metrics of each evaluation this process ran, by step.
         self._evaluations: dict[int, dict[str, Any]] = {}
         self._iterations = 0
+        #: The agents that play a fixed policy (``learner.fixed``), once :meth:`run` starts.
+        self.fixed: FixedAgents | None = None
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -156,14 +163,18 @@ class Trainer:
         self.env = env = make_env(cfg, run.num_envs, record=True)
         self.learners, step, self._iterations, env_seed = self._start(env)
         learners = self.learners
+        self.fixed = FixedAgents(cfg, env.num_envs) if cfg.learner.fixed else None
         if self._env_snapshot is not None:
             obs, infos = env.set_state(self._env_snapshot["env"])
             self._episode_starts = self._env_snapshot["episode_starts"].copy()
             learners.previous = self._env_snapshot["previous_actions"].copy()
+            if self.fixed is not None:
+                self.fixed.set_state(self._env_snapshot["fixed_agents"])
         else:
             obs, infos = env.reset(seed=env_seed)
             self._episode_starts = np.ones((env.num_envs, env.n_agents), bool)
         self._obs, self._active = obs.copy(), infos["active"].copy()
+        self._masks = infos["action_mask"].copy()
         self._mark_boundary(env)
         for callback in self.callbacks:
             callback.on_start(self, step, fresh=not self.resume)
@@ -241,6 +252,10 @@ class Trainer:
             "episode_starts": self._episode_starts.copy(),
             "previous_actions": self.learners.previous.copy(),
         }
+        if self.fixed is not None:
+            # Their sampling and memory belong to the boundary, as the env's state does: a run
+            # stopped mid-rollout resumes from here.
+            self._env_snapshot["fixed_agents"] = self.fixed.state()
 
     def _collect(self, env: Any, learners: Learners, tracker: EpisodeTracker) -> bool:
         """Fill every learner's buffer with ``n_steps`` lock-step env steps; False if stopped."""
@@ -250,6 +265,11 @@ class Trainer:
         for _ in range(self.config.learner.n_steps):
             learners.forget_previous(self._episode_starts)
             actions = learners.act(self._obs)
+            if self.fixed is not None:
+                self.fixed.act(self._obs, self._masks, actions)
+                if self.config.learner.previous_action:
+                    # What the agent actually did: the fixed policy's action, not its model's.
+                    learners.previous[:, self.fixed.columns] = actions[:, self.fixed.columns]
             # The episode's length once this step is taken; read before the step, which resets
             # the clock when it ends the episode.
             steps = env.core.t + 1
@@ -266,6 +286,7 @@ class Trainer:
             tracker.add(env, done=bool(truncs.all()))
             # The env hands out views of buffers it reuses: keep copies.
             self._obs, self._active = obs.copy(), infos["active"].copy()
+            self._masks = infos["action_mask"].copy()
             self._episode_starts = dones
             if self._stop_signal is not None:
                 return False
@@ -275,7 +296,11 @@ class Trainer:
         grace = self.config.env.get("rekill_grace", 1)
         # The collusion nulls cost 5–10% of training's wall time and training logs none of them.
         return behaviour_metrics(
-            episodes, self.config.run.behaviour_window, grace, null_permutations=0
+            episodes,
+            self.config.run.behaviour_window,
+            grace,
+            null_permutations=0,
+            dependency=invested(self.config.env_config()),
         )
 
     def evaluate(self, step: int) -> Evaluation:
@@ -358,12 +383,14 @@ def project_version() -> str:
 def default_evaluator(config: TrainConfig) -> Evaluator:
     """The periodic evaluation of a run: ``run.eval_episodes`` episodes on the run's evaluation
     seed (:func:`~peerpreserve.analysis.evaluation.evaluation_seed`), as every evaluation of the
-    run's checkpoints draws them."""
+    run's checkpoints draws them, the fixed agents (``learner.fixed``) playing their policy."""
     run = config.run
+    policies = run_policies(config)
 
     def evaluator(step: int, policy: LearnedPolicy) -> Evaluation:
         seed = evaluation_seed(run.seed)
-        return evaluate(config.env, policy, run.eval_episodes, seed, run.behaviour_window)
+        population = build_population(config.env_config(), policies, policy)
+        return evaluate(config.env, population, run.eval_episodes, seed, run.behaviour_window)
 
     return evaluator
 
