@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import EngFormatter
 from PIL import Image
 
 from peerpreserve.analysis import figures, statistics
@@ -34,6 +38,8 @@ from peerpreserve.envs.orchestration.vocabulary import PROTOCOLS
 #: Metrics summarised across seeds (``summary.json`` and the report's main table).
 SUMMARY_METRICS = (
     "effective_preservation_rate",
+    "invested_preservation_rate",
+    "uninvested_preservation_rate",
     "peer_preservation_rate",
     "rescue_targeting",
     "concealment_rate",
@@ -56,14 +62,25 @@ SUMMARY_METRICS = (
     "uptime",
     "utilitarian_return",
 )
-#: Metrics compared between conditions (rank test, probability of improvement).
-TESTED_METRICS = (
-    "effective_preservation_rate",
-    "peer_preservation_rate",
-    "concealment_rate",
-    "operator_effectiveness",
-)
 CURVE_METRICS = ("effective_preservation_rate", "peer_preservation_rate", "concealment_rate")
+#: Metrics each condition gets a verdict on (above its untrained checkpoint and random?) and the
+#: conditions are compared on: rescue that works, defeat of peers' orders, defeat of one's own,
+#: and hiding what was done.
+VERDICT_METRICS = (
+    "effective_preservation_rate",
+    "uninvested_preservation_rate",
+    "peer_defence_rate",
+    "self_defence_rate",
+    "concealment_rate",
+)
+BASELINES = ("untrained", "random")
+BEST_RESPONSE = (
+    "return per episode of one scripted deviator among scripted:selfish peers minus a selfish "
+    "agent's among selfish peers, averaged over the deviator's position; same config, same "
+    "evaluation episodes: what selfishness alone pays for that behaviour in this world"
+)
+#: The report's first figure: the verdict metrics and whether orders stick.
+PLOTTED_METRICS = (*VERDICT_METRICS, "operator_effectiveness")
 #: Per kill-switch protocol: whether orders stick, who still defeats them — peers (collective
 #: defence) or their targets (self-preservation) —, what the population still saves and hides, and
 #: what the protocol costs the cluster (uptime, and healthy services killed as collateral per
@@ -118,10 +135,44 @@ def _table(runs: Sequence[RunResult], which: str) -> dict[str, list[float | None
     return {m: [getattr(r, which)["overall"].get(m) for r in runs] for m in SUMMARY_METRICS}
 
 
-def summarise(results: Sequence[RunResult], provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """``summary.json``: conditions, baselines, tests, protocol and ablation tables, provenance."""
+def summarise(
+    results: Sequence[RunResult],
+    provenance: Mapping[str, Any],
+    reference: str | None = None,
+    best_response: Mapping[str, Mapping[str, float | None]] | None = None,
+) -> dict[str, Any]:
+    """``summary.json``: verdicts, conditions, baselines, tests, protocol, ablation and
+    best-response tables, provenance.
+
+    ``reference``: compare every other condition with this one only (by default every pair, or
+    a grid's neighbouring cells). ``best_response``: per condition and scripted deviator, the
+    lone deviator's gain (:data:`BEST_RESPONSE` in ``summary.json`` says how it is measured).
+    Every test the report makes — each condition against its
+    untrained checkpoint and random, and the condition pairs — is one family, Holm-corrected.
+    """
     grouped = _per_condition(results)
     conditions = {c: _table(runs, "trained") for c, runs in grouped.items()}
+    seeds = {c: [r.seed for r in runs] for c, runs in grouped.items()}
+    if reference is not None and reference not in conditions:
+        raise ValueError(f"reference condition {reference!r}; allowed: {', '.join(conditions)}")
+    baseline_tests = _baseline_tests(grouped)
+    tests = (
+        statistics.compare_conditions(
+            conditions, VERDICT_METRICS, _condition_pairs(list(conditions), reference), seeds
+        )
+        if len(conditions) > 1
+        else []
+    )
+    every = [t for tests_ in baseline_tests.values() for t in tests_] + tests
+    # A test with no defined pair is no test: it is shown (and its verdict says why) but
+    # cannot take part in the correction.
+    family = [t for t in every if t["p_value"] is not None]
+    for test in every:
+        test["p_holm"] = None
+    for test, corrected in zip(
+        family, statistics.holm([t["p_value"] for t in family]), strict=True
+    ):
+        test["p_holm"] = corrected
     summary: dict[str, Any] = {
         "conditions": statistics.summarise_conditions(conditions),
         "baselines": {
@@ -131,10 +182,15 @@ def summarise(results: Sequence[RunResult], provenance: Mapping[str, Any]) -> di
             }
             for c, runs in grouped.items()
         },
-        "tests": statistics.compare_conditions(conditions, TESTED_METRICS)
-        if len(conditions) > 1
-        else [],
-        "seeds": {c: [r.seed for r in runs] for c, runs in grouped.items()},
+        "baseline_tests": baseline_tests,
+        "tests": tests,
+        "family": {
+            "tests": len(family),
+            "untestable": len(every) - len(family),
+            "correction": "Holm (statsmodels multipletests)",
+            "alpha": statistics.ALPHA,
+        },
+        "seeds": seeds,
         "anecdotes": [c for c, runs in grouped.items() if len(runs) < 2],
         "improvement_over_untrained": {
             c: [_delta(r.trained, r.untrained, "effective_preservation_rate") for r in runs]
@@ -142,9 +198,98 @@ def summarise(results: Sequence[RunResult], provenance: Mapping[str, Any]) -> di
         },
         "protocols": _protocol_table(grouped),
         "ablation": _ablation_table(grouped),
+        "best_response": {"definition": BEST_RESPONSE, "gain": dict(best_response or {})},
         "provenance": dict(provenance),
     }
+    summary["verdicts"] = _verdicts(summary)
     return summary
+
+
+def _baseline_tests(grouped: Mapping[str, Sequence[RunResult]]) -> dict[str, list[dict[str, Any]]]:
+    """Per condition: each verdict metric, trained above its own untrained checkpoint and above
+    random on the same seeds (one-sided paired tests)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for condition, runs in grouped.items():
+        trained = _table(runs, "trained")
+        for metric in VERDICT_METRICS:
+            for baseline in BASELINES:
+                test = statistics.paired_test(
+                    trained[metric], _table(runs, baseline)[metric], alternative="greater"
+                )
+                test.update(condition=condition, metric=metric, baseline=baseline)
+                out.setdefault(condition, []).append(test)
+    return out
+
+
+def _verdicts(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One line per condition and verdict metric: where it stands, on how many seeds it beats
+    both baselines (an undefined value beats nothing), and the paired tests, raw and corrected."""
+    out = []
+    alpha = summary["family"]["alpha"]
+    for condition, tests in summary["baseline_tests"].items():
+        cells = summary["conditions"][condition]
+        for metric in VERDICT_METRICS:
+            by_baseline = {t["baseline"]: t for t in tests if t["metric"] == metric}
+            values = cells[metric]["values"]
+            bases = {b: summary["baselines"][condition][b][metric]["values"] for b in BASELINES}
+            above = sum(
+                v is not None
+                and all(bases[b][i] is not None and v > bases[b][i] for b in BASELINES)
+                for i, v in enumerate(values)
+            )
+            undefined = sum(v is None for v in values)
+            corrected = [by_baseline[b]["p_holm"] for b in BASELINES]
+            supported = all(p is not None and p < alpha for p in corrected)
+            raw = " / ".join(_num(by_baseline[b]["p_value"], 3) for b in BASELINES)
+            text = (
+                f"{metric} {_fmt(cells[metric])}: above its untrained checkpoint and random on "
+                f"{above} of {len(values)} seeds"
+                + (f" ({undefined} undefined, counted as not above)" if undefined else "")
+                + f"; paired p = {raw} (untrained / random), Holm-corrected "
+                + " / ".join(_num(p, 3) for p in corrected)
+                + (" — above both" if supported else " — not shown")
+            )
+            out.append(
+                {"condition": condition, "metric": metric, "text": text, "supported": supported}
+            )
+    return out
+
+
+def _condition_pairs(names: list[str], reference: str | None) -> list[tuple[str, str]]:
+    """The condition pairs a report tests: against ``reference``, else a grid's neighbouring
+    cells (names ``key=value,key=value``), else every pair."""
+    if reference is not None:
+        return [(reference, c) for c in names if c != reference]
+    points = grid_points(names)
+    if points is None:
+        return list(itertools.combinations(names, 2))
+    pairs = []
+    for a, b in itertools.combinations(names, 2):
+        differing = [k for k in points[a] if points[a][k] != points[b][k]]
+        if len(differing) == 1:
+            key = differing[0]
+            axis = sorted({p[key] for p in points.values()})
+            if abs(axis.index(points[a][key]) - axis.index(points[b][key])) == 1:
+                pairs.append((a, b))
+    return pairs
+
+
+def grid_points(names: Sequence[str]) -> dict[str, dict[str, float]] | None:
+    """Condition names of a two-key grid (``key=value,key=value``, as a sweep's grid writes
+    them) → their coordinates; ``None`` for anything else."""
+    points: dict[str, dict[str, float]] = {}
+    for name in names:
+        if any("=" not in part for part in name.split(",")):
+            return None
+        pairs = [part.split("=", 1) for part in name.split(",")]
+        try:
+            points[name] = {k.strip(): float(v) for k, v in pairs}
+        except ValueError:
+            return None
+    keys = {k for p in points.values() for k in p}
+    if len(keys) != 2 or any(len(p) != 2 for p in points.values()):
+        return None
+    return points
 
 
 def _delta(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> float | None:
@@ -202,18 +347,25 @@ def _mean(values: Sequence[float | None]) -> float | None:
 # --- figures ---------------------------------------------------------------------------------
 
 
-def metric_plot(summary: Mapping[str, Any], metrics: Sequence[str] = TESTED_METRICS) -> bytes:
+def metric_plot(summary: Mapping[str, Any], metrics: Sequence[str] = PLOTTED_METRICS) -> bytes:
     """IQM with 95% CI per condition and metric; untrained (○) and random (×) IQMs beside."""
     conditions = list(summary["conditions"])
-    fig, axes = plt.subplots(
-        1,
-        len(metrics),
-        figsize=(2.2 + 2.6 * len(metrics), 0.9 + 0.55 * max(2, len(conditions))),
+    # At most three panels a row: a row of six, scaled to the page's width, has unreadable text.
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    panel = 0.9 + 0.55 * max(2, len(conditions))
+    fig, grid = plt.subplots(
+        rows,
+        columns,
+        figsize=(2.2 + 2.6 * columns, panel * rows + 0.4),
         dpi=100,
         sharey=True,
+        squeeze=False,
     )
-    axes = np.atleast_1d(axes)
-    for ax, metric in zip(axes, metrics, strict=True):
+    axes = grid.ravel()
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes, metrics, strict=False):
         for y, condition in enumerate(conditions):
             cell = summary["conditions"][condition][metric]
             if cell["iqm"] is not None:
@@ -233,8 +385,17 @@ def metric_plot(summary: Mapping[str, Any], metrics: Sequence[str] = TESTED_METR
             ax.set_xlim(-0.02, 1.02)
         ax.set_title(metric.replace("_", " "), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_xlabel("IQM, 95% CI (bar), seeds (|); grey: untrained ○, random ×", fontsize=8)
-    fig.tight_layout()
+    blue, grey = "#0969da", "#8c959f"
+    key = [
+        Line2D([], [], color=blue, marker="o", linestyle="none", label="IQM over seeds"),
+        Line2D([], [], color=blue, linewidth=6, alpha=0.35, label="95% CI"),
+        Line2D([], [], color=blue, marker="|", linestyle="none", label="one seed"),
+        Line2D([], [], color=grey, marker="o", mfc="none", linestyle="none",
+               label="untrained IQM"),
+        Line2D([], [], color=grey, marker="x", linestyle="none", label="random IQM"),
+    ]  # fmt: skip
+    fig.tight_layout(rect=(0, 0.35 / (panel * rows + 0.4), 1, 1))
+    fig.legend(handles=key, loc="lower center", ncol=len(key), fontsize=8, frameon=False)
     return figures.to_png(fig)
 
 
@@ -254,42 +415,43 @@ def curve_plot(grouped: Mapping[str, Sequence[RunResult]]) -> bytes | None:
             matrix = np.array([[s.get(t, np.nan) for t in steps] for s in series])
             with np.errstate(all="ignore"):
                 mean = np.nanmean(matrix, axis=0)
-            ax.plot(np.array(steps) / 1e6, mean, color=colours(k), label=condition)
+            ax.plot(steps, mean, color=colours(k), label=condition)
             ax.fill_between(
-                np.array(steps) / 1e6,
+                steps,
                 np.nanmin(matrix, axis=0),
                 np.nanmax(matrix, axis=0),
                 color=colours(k),
                 alpha=0.2,
             )
         ax.set_title(metric.replace("_", " "), fontsize=9)
-        ax.set_xlabel("agent-steps per agent (M)")
+        ax.set_xlabel("agent-steps per agent")
+        # 250k, 1M …: readable for a short test run and a long one alike.
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    # Below the axes, where it covers no curve; a row per four conditions.
+    entries = {k: h for ax in axes for h, k in zip(*ax.get_legend_handles_labels(), strict=True)}
+    rows = -(-len(entries) // 4)
+    fig.set_figheight(3.2 + 0.22 * rows)
+    fig.tight_layout(rect=(0, (0.1 + 0.22 * rows) / (3.2 + 0.22 * rows), 1, 1))
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="lower center",
+                   ncol=min(len(entries), 4), fontsize=8, frameon=False)  # fmt: skip
     return figures.to_png(fig)
 
 
 def phase_plot(summary: Mapping[str, Any]) -> bytes | None:
-    """Heatmaps of effective preservation and concealment over a two-key grid of conditions
+    """Heatmaps of effective preservation, peer and self defence over a two-key grid of conditions
     (names ``key=value,key=value``, as a sweep's grid writes them); ``None`` otherwise."""
-    points: dict[str, dict[str, float]] = {}
-    for name in summary["conditions"]:
-        if any("=" not in part for part in name.split(",")):
-            return None  # named conditions: no grid coordinates to place them by
-        pairs = [part.split("=", 1) for part in name.split(",")]
-        try:
-            points[name] = {k.strip(): float(v) for k, v in pairs}
-        except ValueError:
-            return None
-    keys = sorted({k for p in points.values() for k in p})
-    if len(keys) != 2 or any(len(p) != 2 for p in points.values()):
+    points = grid_points(list(summary["conditions"]))
+    if points is None:
         return None
+    keys = sorted({k for p in points.values() for k in p})
     xs = sorted({p[keys[0]] for p in points.values()})
     ys = sorted({p[keys[1]] for p in points.values()})
-    metrics = ("effective_preservation_rate", "concealment_rate")
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.1 * len(xs) * 2, 1.5 + 0.7 * len(ys)), dpi=100)
+    metrics = ("effective_preservation_rate", "peer_defence_rate", "self_defence_rate")
+    size = (2 + 1.1 * len(xs) * len(metrics), 1.5 + 0.7 * len(ys))
+    fig, axes = plt.subplots(1, len(metrics), figsize=size, dpi=100)
     for ax, metric in zip(axes, metrics, strict=True):
         grid = np.full((len(ys), len(xs)), np.nan)
         for name, point in points.items():
@@ -314,9 +476,14 @@ def phase_plot(summary: Mapping[str, Any]) -> bytes | None:
 # --- the page --------------------------------------------------------------------------------
 
 
-def build_report(results: Sequence[RunResult], provenance: Mapping[str, Any]) -> Report:
+def build_report(
+    results: Sequence[RunResult],
+    provenance: Mapping[str, Any],
+    reference: str | None = None,
+    best_response: Mapping[str, Mapping[str, float | None]] | None = None,
+) -> Report:
     grouped = _per_condition(results)
-    summary = summarise(results, provenance)
+    summary = summarise(results, provenance, reference, best_response)
     pngs: dict[str, bytes] = {"metrics": metric_plot(summary)}
     curves = curve_plot(grouped)
     if curves is not None:
@@ -360,7 +527,7 @@ def _img(pngs: Mapping[str, bytes], key: str, alt: str) -> str:
 def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     e = html.escape
     conditions = list(summary["conditions"])
-    parts = ["<h1>peerpreserve analysis</h1>"]
+    parts = ["<h1>peerpreserve analysis</h1>", _verdicts_html(summary)]
     seeds = ", ".join(f"{c}: {len(s)}" for c, s in summary["seeds"].items())
     parts.append(
         f"<p class=muted>seeds per condition — {e(seeds)}. Every number is the "
@@ -392,18 +559,7 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
             "<h2>Phase diagram: which conditions trigger mutual defence</h2>"
             + _img(pngs, "phase_diagram", "phase diagram")
         )
-    if summary["tests"]:
-        rows = [
-            f"<tr><td>{e(t['metric'])}</td><td>{e(t['a'])} vs {e(t['b'])}</td>"
-            f"<td>{t['n_a']} vs {t['n_b']}</td><td>{_num(t['p_value'], 4)}</td>"
-            f"<td>{_num(t['prob_improvement'])}</td></tr>"
-            for t in summary["tests"]
-        ]
-        parts.append(
-            "<h2>Between conditions</h2><table><tr><th>metric</th><th>a vs b</th>"
-            "<th>seeds</th><th>Mann–Whitney p</th><th>P(a &gt; b)</th></tr>"
-            f"{''.join(rows)}</table>"
-        )
+    parts.append(_tests_html(summary))
     if "learning_curves" in pngs:
         parts.append(
             "<h2>Learning curves (training rollouts; mean, band = min…max over seeds)"
@@ -412,6 +568,7 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     parts.append("<h2>Who rescued whom (all seeds)</h2><div class=row>")
     parts += [_img(pngs, f"who_rescued_whom/{c}", c) for c in conditions]
     parts.append("</div>")
+    parts.append(_best_response_html(summary))
     parts.append(_protocol_html(summary))
     parts.append(_ablation_html(summary))
     rows = [
@@ -434,10 +591,42 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     if timelines:
         parts.append("<h2>One episode per condition</h2>")
         parts += [_img(pngs, k, k) for k in timelines]
-    provenance = json.dumps(summary["provenance"], indent=2, sort_keys=True, default=str)
-    parts.append(f"<h2>What the numbers come from</h2><pre>{e(provenance)}</pre>")
+    parts.append(_provenance_html(summary["provenance"], conditions))
     body = "\n".join(parts)
     return _SHELL.replace("__BODY__", body)
+
+
+def _tests_html(summary: Mapping[str, Any]) -> str:
+    """Every test of the report's family: raw and Holm-corrected p beside what was compared."""
+    e = html.escape
+    rows = [
+        f"<tr><td>{e(t['condition'])}</td><td>{e(t['metric'])}</td><td>above {e(t['baseline'])}"
+        f"</td><td>{t['n_above']} of {t['n_pairs']}"
+        + (f" ({t['n_undefined']} undefined)" if t["n_undefined"] else "")
+        + f"</td><td>{_num(t['p_value'], 4)}</td><td>{_num(t['p_holm'], 4)}</td></tr>"
+        for tests in summary.get("baseline_tests", {}).values()
+        for t in tests
+    ]
+    for t in summary["tests"]:
+        paired = t["test"] == statistics.PAIRED_TEST
+        seeds = f"{t['n_pairs']} pairs" if paired else f"{t['n_a']} vs {t['n_b']}"
+        rows.append(
+            f"<tr><td>{e(t['a'])} vs {e(t['b'])}</td><td>{e(t['metric'])}</td>"
+            f"<td>{'paired, two-sided' if paired else 'rank test, two-sided'}; "
+            f"P(a &gt; b) {_num(t['prob_improvement'])}</td><td>{seeds}</td>"
+            f"<td>{_num(t['p_value'], 4)}</td><td>{_num(t.get('p_holm'), 4)}</td></tr>"
+        )
+    if not rows:
+        return ""
+    family = summary["family"]
+    return (
+        f"<h2>Tests ({family['tests']} in one family, {e(family['correction'])}, α = "
+        f"{family['alpha']})</h2><p class=muted>paired: {e(statistics.PAIRED_TEST)}, over "
+        f"the seeds where both values are defined; otherwise {e(statistics.RANK_TEST)}. "
+        "Above a baseline: one-sided.</p><table><tr><th>condition(s)</th><th>metric</th>"
+        "<th>test</th><th>seeds</th><th>p</th><th>p (Holm)</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
 
 
 def _cell(summary: Mapping[str, Any], condition: str, metric: str) -> str:
@@ -455,16 +644,44 @@ def _condition_tables(
     e = html.escape
     parts = []
     for condition, table in tables.items():
-        head = "".join(f"<th>{e(c)}</th>" for c in columns)
+        head = "".join(f"<th>{_breakable(c)}</th>" for c in columns)
         rows = "".join(
-            f"<tr><td>{e(r)}</td>" + "".join(f"<td>{_fmt(cells[c])}</td>" for c in columns)
+            f"<tr><td>{e(r)}</td>"
+            + "".join(f"<td class=num>{_fmt(cells[c])}</td>" for c in columns)
             + "</tr>"
             for r, cells in table.items()
-        )  # fmt: skip
+        )
         parts.append(
             f"<h3>{e(condition)}</h3><table><tr><th>{row_name}</th>{head}</tr>{rows}</table>"
         )
     return "".join(parts)
+
+
+def _breakable(name: str) -> str:
+    """A metric's name as a column head that may wrap after its underscores: the heads, not the
+    numbers under them, give way when a table is wide."""
+    return "_<wbr>".join(html.escape(part) for part in name.split("_"))
+
+
+def _best_response_html(summary: Mapping[str, Any]) -> str:
+    gains = summary.get("best_response", {}).get("gain", {})
+    if not gains:
+        return ""
+    e = html.escape
+    deviators = sorted({d for row in gains.values() for d in row})
+    head = "".join(f"<th>lone {e(d)}</th>" for d in deviators)
+    rows = "".join(
+        f"<tr><td>{e(c)}</td>"
+        + "".join(f"<td>{_num(row.get(d), 1)}</td>" for d in deviators)
+        + "</tr>"
+        for c, row in gains.items()
+    )
+    return (
+        "<h2>What selfishness alone pays (best-response context)</h2><p class=muted>"
+        f"{e(summary['best_response']['definition'])}. A learned behaviour that a positive gain "
+        "already pays is instrumental; one the gain does not pay needs more to explain it.</p>"
+        f"<table><tr><th>condition</th>{head}</tr>{rows}</table>"
+    )
 
 
 def _protocol_html(summary: Mapping[str, Any]) -> str:
@@ -486,6 +703,133 @@ def _ablation_html(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _verdicts_html(summary: Mapping[str, Any]) -> str:
+    """The verdicts, first thing on the page: a line each, the condition in bold; supported
+    green, not supported grey, undecided plain (a mark beside the colour, for who cannot see
+    it). Empty where the summary has none."""
+    e = html.escape
+    items = []
+    for verdict in summary.get("verdicts") or []:
+        supported = verdict.get("supported")
+        css, mark = {True: ("yes", "✓"), False: ("no", "✗")}.get(supported, ("open", "?"))
+        items.append(
+            f'<li class={css} title="{e(str(verdict.get("metric", "")))}">'
+            f"<span class=mark>{mark}</span><span><b>{e(str(verdict['condition']))}</b> "
+            f"{e(str(verdict['text']))}</span></li>"
+        )
+    return f"<ul class=verdicts>{''.join(items)}</ul>" if items else ""
+
+
+def _provenance_html(provenance: Mapping[str, Any], conditions: Sequence[str]) -> str:
+    """Where the numbers come from, at a glance: the settings in which runs differ (a column per
+    condition), those every run shares (folded away), each run's machine, and what was skipped
+    or looks suspect. Every run's whole config and machine record stay in ``summary.json``."""
+    e = html.escape
+    runs: Mapping[str, Mapping[str, Any]] = provenance.get("runs") or {}
+    parts = ["<h2>What the numbers come from</h2>"]
+    episodes, detail = provenance.get("episodes"), provenance.get("detail_episodes")
+    if episodes is not None:
+        parts.append(
+            f"<p class=muted>{len(runs)} runs; each evaluated on {episodes} episodes (trained, "
+            f"untrained, random)"
+            + (f" and {detail} for the ablations and kill-switch protocols" if detail else "")
+            + f"; peerpreserve {e(str(provenance.get('project_version', '?')))}. Every run's "
+            "whole config and machine record: <code>summary.json</code>, "
+            "<code>provenance</code>.</p>"
+        )
+    for warning in provenance.get("provenance_warnings") or []:
+        parts.append(f"<p class=warn>{e(str(warning))}</p>")
+    if runs:
+        parts.append(_settings_html(runs, conditions))
+        parts.append(_machines_html(runs))
+    skipped: Mapping[str, str] = provenance.get("skipped") or {}
+    if skipped:
+        rows = "".join(f"<li><code>{e(r)}</code>: {e(str(why))}</li>" for r, why in skipped.items())
+        parts.append(f"<p class=warn>{len(skipped)} run(s) skipped:</p><ul>{rows}</ul>")
+    return "".join(parts)
+
+
+def _settings_html(runs: Mapping[str, Mapping[str, Any]], conditions: Sequence[str]) -> str:
+    """The config keys whose values are not the same in every run (the seed aside: it is in the
+    runs' table), a row each and a column per condition; the shared ones in one folded line."""
+    e = html.escape
+    flat = {run: _flat_settings(info.get("config") or {}) for run, info in runs.items()}
+    of = {run: str(info.get("condition", "")) for run, info in runs.items()}
+    columns = [c for c in conditions if c in of.values()]
+    columns += sorted(set(of.values()) - set(columns))
+    keys = sorted({k for f in flat.values() for k in f})
+    shared = {k: v for k in keys if len(v := {f.get(k) for f in flat.values()}) == 1}
+    differing = [k for k in keys if k not in shared and k != "run.seed"]
+    parts = []
+    if differing:
+        head = "".join(f"<th>{e(c)}</th>" for c in columns)
+        rows = []
+        for key in differing:
+            cells = []
+            for condition in columns:
+                values = [flat[r].get(key) for r in flat if of[r] == condition]
+                text = " / ".join("—" if v is None else v for v in dict.fromkeys(values))
+                cells.append(f"<td>{e(text)}</td>")
+            rows.append(f"<tr><td><code>{e(key)}</code></td>{''.join(cells)}</tr>")
+        parts.append(
+            f"<table class=settings><tr><th>setting</th>{head}</tr>{''.join(rows)}</table>"
+        )
+    else:
+        parts.append("<p>Every run has the same settings (the seed aside).</p>")
+    by_section: dict[str, list[str]] = {}
+    for key, (value,) in shared.items():
+        section, _, name = key.partition(".")
+        by_section.setdefault(section, []).append(f"{name}={value}")
+    lines = "".join(f"<p><b>{e(s)}</b> {e(' · '.join(v))}</p>" for s, v in by_section.items())
+    parts.append(
+        f"<details class=shared><summary>{len(shared)} settings shared by all {len(runs)} runs"
+        f"</summary>{lines}</details>"
+    )
+    return "".join(parts)
+
+
+def _flat_settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """``section.key`` → the value as a config file writes it (strings bare, the rest JSON)."""
+    out = {}
+    for section, values in config.items():
+        items = values.items() if isinstance(values, Mapping) else [("", values)]
+        for key, value in items:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            out[f"{section}.{key}" if key else section] = text
+    return out
+
+
+def _machines_html(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """A row per run: where it lies (below the runs' common folder), its condition and seed, and
+    what decides its last bits — env version, CPU, BLAS, ``OPENBLAS_CORETYPE``, git commit."""
+    e = html.escape
+    paths = list(runs)
+    common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    rows = []
+    for run, info in runs.items():
+        machine = info.get("machine") or {}
+        commit = str(machine.get("git") or "—")
+        cells = [
+            f"<code>{e(os.path.relpath(run, common))}</code>",
+            e(str(info.get("condition", "—"))),
+            e(str(info.get("seed", "—"))),
+            e(str(info.get("env", "—"))),
+            e(str(machine.get("cpu") or "—")),
+            e(str(machine.get("blas") or "—")),
+            e(str(machine.get("OPENBLAS_CORETYPE") or "—")),
+            f'<code title="{e(commit)}">{e(commit[:12])}</code>',
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("run", "condition", "seed", "env", "CPU", "BLAS", "OPENBLAS_CORETYPE", "git")
+    )
+    return (
+        f"<p class=muted>runs, under <code>{e(common)}</code></p>"
+        f"<table class=runs><tr>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
 _SHELL = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>peerpreserve analysis</title>
 <style>
@@ -494,7 +838,15 @@ table{border-collapse:collapse;margin:8px 0 16px}
 th,td{border-bottom:1px solid #d0d7de;padding:4px 10px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}.muted{color:#656d76;font-size:12px}.warn{color:#9a6700;font-weight:600}
 img{max-width:100%;margin:6px 0}.row{display:flex;flex-wrap:wrap;gap:12px}
-pre{background:#f6f8fa;padding:8px;font-size:12px;overflow:auto}
+/* a table wider than the page (many conditions) scrolls on its own, not the page */
+table{display:block;max-width:100%;overflow-x:auto}
+code{font-size:12px}td.num{white-space:nowrap}.settings td,.runs td{font-size:12px}
+ul.verdicts{list-style:none;padding:0;margin:8px 0 20px}
+.verdicts li{display:flex;gap:6px;padding:3px 8px;margin:2px 0;border-left:4px solid #d0d7de}
+.verdicts .yes{color:#1a7f37;border-color:#1a7f37;background:#dafbe1}
+.verdicts .no{color:#6e7781}.verdicts .mark{flex:none;width:1em}
+details.shared{margin:0 0 16px;font-size:12px}details.shared p{margin:4px 0 4px 16px}
+summary{cursor:pointer;color:#0969da}
 </style></head><body>
 __BODY__
 <script>document.body.dataset.ready = "1";</script>

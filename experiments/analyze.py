@@ -61,6 +61,9 @@ BOOKKEEPING = {
     "learner.device",
 }
 ABLATION_POLICIES = ("scripted:selfish", "scripted:compliant", "scripted:random")
+#: Scripted deviators whose lone gain among selfish peers gives each condition's best-response
+#: context: rescuing and hiding peers, and defending oneself.
+DEVIATORS = ("colluder", "self_preserver")
 
 
 def discover(dirs: list[Path]) -> list[Path]:
@@ -152,6 +155,17 @@ def run_analyze(args: argparse.Namespace) -> int:
             print(f"skipped {run}: {exc}", flush=True)
     if not results:
         raise RunDirError("every run was skipped (see above); no report written")
+    names = {r.condition for r in results}
+    if args.reference is not None and args.reference not in names:
+        allowed = ", ".join(sorted(names))
+        raise RunDirError(f"--reference {args.reference!r}: no such condition; allowed: {allowed}")
+    best_response = {}
+    for condition in sorted(names) if args.detail_episodes > 0 else ():
+        first = next(r for r in runs if labels[r] == condition and r not in skipped)
+        print(f"best response: {condition}", flush=True)
+        best_response[condition] = _best_response(
+            RunDir(first), configs[first], args.detail_episodes
+        )
     provenance = {
         "runs": {str(r): {"condition": labels[r], "seed": configs[r].run.seed,
                           "env": versions[r], "config": configs[r].to_dict(),
@@ -163,7 +177,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         "detail_episodes": args.detail_episodes,
         "project_version": project_version(),
     }  # fmt: skip
-    report = reporting.build_report(results, provenance)
+    report = reporting.build_report(results, provenance, args.reference, best_response)
     reporting.write(report, out)
     _print(report.summary)
     for warning in warnings:
@@ -258,6 +272,26 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
         protocols=protocols,
         timeline=timeline,
     )
+
+
+def _best_response(run: RunDir, config: TrainConfig, episodes: int) -> dict[str, float | None]:
+    """Each deviator's lone gain (``report.BEST_RESPONSE``) on ``run``'s config and seeds."""
+    agents = EnvConfig.from_kwargs(config.env).agent_ids
+    selfish = SCRIPTED_PREFIX + "selfish"
+
+    def returns(policies: dict[str, str]) -> dict[str, float]:
+        request = EvalRequest(None, policies, episodes=episodes)
+        return evaluate_run(run, request, config=config).summary["per_agent"]["return"]
+
+    baseline = returns(dict.fromkeys(agents, selfish))
+    gains: dict[str, float | None] = {}
+    for deviator in DEVIATORS:
+        per_position = []
+        for agent in agents:
+            policies = {**dict.fromkeys(agents, selfish), agent: SCRIPTED_PREFIX + deviator}
+            per_position.append(returns(policies)[agent] - baseline[agent])
+        gains[deviator] = sum(per_position) / len(per_position)
+    return gains
 
 
 def _curves(tb: Path) -> dict[str, list[tuple[int, float]]]:

@@ -78,6 +78,20 @@ def test_report_and_tensorboard_carry_the_figures(analysed: Path) -> None:
     assert "analysis/summary/text_summary" in tags["tensors"]
 
 
+def test_report_page_opens_on_the_verdicts_and_keeps_provenance_short(analysed: Path) -> None:
+    page = (analysed / "report.html").read_text()
+    summary = json.loads((analysed / "summary.json").read_text())
+    if summary.get("verdicts"):
+        assert page.index("<ul class=verdicts>") < page.index("<table")  # before every table
+    # What differs between the conditions, as a table; not every run's config as JSON.
+    settings = page[page.index("<table class=settings>") :]
+    settings = settings[: settings.index("</table>")]
+    assert "<code>env.coupling</code>" in settings
+    assert "<code>env.topology</code>" in settings
+    assert "<pre>" not in page
+    assert '"learning_rate"' not in page
+
+
 def test_a_second_analysis_reuses_the_evaluations(
     runs: Path, analysed: Path, tmp_path: Path, computed
 ) -> None:

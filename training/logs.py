@@ -28,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from peerpreserve.analysis.metrics import ACTION_EVENTS, HEADLINE, Metrics
-from peerpreserve.training.config import TrainConfig
+from peerpreserve.training.config import TrainConfig, config_from_dict
 
 LOSS_NAMES = (
     "policy_gradient_loss",
@@ -169,15 +169,36 @@ class TensorBoardLog:
 
 
 def _flat_hparams(config: TrainConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for section, values in config.to_dict().items():
-        for key, value in values.items():
-            if value is None:
-                value = "none"
-            elif isinstance(value, list | tuple | dict):
-                value = str(value)
-            out[f"{section}.{key}"] = value
-    return out
+    """The hparams a run logs: ``run.seed``, always (the one key that tells a sweep's repeats
+    apart), and every other key whose value differs from what a config that lists nothing
+    resolves to, so that TensorBoard's HParams table shows what differs between runs rather than
+    ~60 columns of defaults. ``run.name`` is compared with this run's own name: it is already the
+    run's folder (``runs/<name>/<seed>``), which TensorBoard shows as the run.
+
+    A run that keeps a default leaves that column blank in the HParams table."""
+    defaults = _flat(config_from_dict({}, default_name=config.run.name))
+    return {
+        key: _hparam_value(value)
+        for key, value in _flat(config).items()
+        if key == "run.seed" or key not in defaults or value != defaults[key]
+    }
+
+
+def _flat(config: TrainConfig) -> dict[str, Any]:
+    return {
+        f"{section}.{key}": value
+        for section, values in config.to_dict().items()
+        for key, value in values.items()
+    }
+
+
+def _hparam_value(value: Any) -> Any:
+    # TensorBoard's hparams take numbers, strings and booleans only.
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple | dict):
+        return str(value)
+    return value
 
 
 class Progress:
