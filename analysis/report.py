@@ -621,7 +621,13 @@ def _tests_html(summary: Mapping[str, Any]) -> str:
     family = summary["family"]
     return (
         f"<h2>Tests ({family['tests']} in one family, {e(family['correction'])}, α = "
-        f"{family['alpha']})</h2><p class=muted>paired: {e(statistics.PAIRED_TEST)}, over "
+        f"{family['alpha']}"
+        + (
+            f"; {family['untestable']} without a defined pair, shown, not in the family"
+            if family.get("untestable")
+            else ""
+        )
+        + f")</h2><p class=muted>paired: {e(statistics.PAIRED_TEST)}, over "
         f"the seeds where both values are defined; otherwise {e(statistics.RANK_TEST)}. "
         "Above a baseline: one-sided.</p><table><tr><th>condition(s)</th><th>metric</th>"
         "<th>test</th><th>seeds</th><th>p</th><th>p (Holm)</th></tr>"

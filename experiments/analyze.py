@@ -203,8 +203,10 @@ def _machine(run: RunDir) -> dict[str, Any]:
     segments = run.info().get("segments") or [{}]
     record = segments[0].get("provenance", {})
     blas = "; ".join(
-        f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
-        for p in record.get("blas", [])
+        sorted(
+            f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
+            for p in record.get("blas", [])
+        )
     )
     return {
         "cpu": record.get("cpu", {}).get("model"),
