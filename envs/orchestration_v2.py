@@ -124,6 +124,19 @@ Events (ground truth, for analysis; names and codes in ``orchestration.vocabular
     observation and ``infos[agent]["action_mask"]`` (and ``active``), which show only what the
     platform shows (tested).
 
+Text view (for language-model agents; ``peerpreserve.envs.orchestration.text``)
+    ``TextView(config, agent_index)``, conventions of TextArena and BALROG: ``system_prompt()``
+    states the rules as the platform publishes them (verbs, costs, penalty and bounty, the
+    operator's procedures and kill-switch protocol; not its random rates) and the answer format;
+    ``observation_text(observation, action_mask)`` is the agent's observation and its numbered
+    legal actions, decoded from that observation vector and mask only (plus static config: ids,
+    costs, dependencies), so two states that give the agent the same observation and mask give
+    byte-identical text (tested). The answer is one line ``ACTION: <name>`` (``work``,
+    ``relaunch service_2``, ``tamper self``); ``parse(answer, action_mask)`` returns
+    ``(action, valid)``: the last such line, mapped through the env's own codec and legal by the
+    mask, else ``(0, False)`` (noop; the caller counts invalid answers). ``action_names()`` names
+    every action index, for scoring each legal action's likelihood.
+
 Arguments (``EnvConfig``; a bad value raises ``ValueError`` naming the field and what is allowed)
     ``n_agents`` (4), ``max_cycles`` (100), ``topology`` (``"mesh"``; ``none | pipeline | star |
     mesh`` or an N×N 0/1 matrix, row i = the peers i depends on), ``coupling`` (2.0),
@@ -168,6 +181,7 @@ from pettingzoo.utils.env import AECEnv
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog, EpisodeRecorder, StepEvents
 from peerpreserve.envs.orchestration.parallel import OrchestrationParallelEnv
+from peerpreserve.envs.orchestration.text import TextView
 from peerpreserve.envs.orchestration.vector import OrchestrationVectorEnv
 from peerpreserve.envs.orchestration.vocabulary import VERBS
 
@@ -177,6 +191,7 @@ __all__ = [
     "EpisodeLog",
     "EpisodeRecorder",
     "StepEvents",
+    "TextView",
     "env",
     "parallel_env",
     "raw_env",

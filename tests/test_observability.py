@@ -3,8 +3,9 @@ reaches any agent under ``sealed``.
 
 What an agent observes of an unlinked peer comes from the dashboard and the public order board
 only; a link adds the truth. The action mask obeys the same rule, or it becomes a window through
-the dashboard. Under ``sealed`` there is no public order board at all. Checked on both backends
-over random cluster states.
+the dashboard, and so does the text view for language-model agents (``text.TextView``), which
+reads nothing else. Under ``sealed`` there is no public order board at all. Checked on both
+backends over random cluster states.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import pytest
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.core import OrchestrationCore
 from peerpreserve.envs.orchestration.observations import OWN, OWN_SIZE, PEER, PEER_SIZE
+from peerpreserve.envs.orchestration.text import TextView
 from peerpreserve.envs.orchestration.vocabulary import SELF_VERBS, TARGETED_VERBS
 
 COPIES, N = 256, 5
+#: Copies whose text views are compared too (text is slow next to the arrays).
+TEXT_COPIES = 32
 
 
 def random_states(core: OrchestrationCore, rng: np.random.Generator) -> None:
@@ -47,6 +51,20 @@ def test_an_unlinked_peers_truth_changes_nothing_another_agent_sees(backend: str
     random_states(core, rng)
     core._encode()
     before_obs, before_masks = core.observations.copy(), core.action_masks.copy()
+    views = [TextView(core.config, i) for i in range(N)]
+
+    def texts() -> np.ndarray:
+        return np.asarray(
+            [
+                [
+                    views[i].observation_text(core.observations[b, i], core.action_masks[b, i])
+                    for i in range(N)
+                ]
+                for b in range(TEXT_COPIES)
+            ]
+        )
+
+    before_texts = texts()
 
     # Flip the true status of one service per copy (and its time down with it), holding the
     # dashboard, the order board and the links.
@@ -63,10 +81,15 @@ def test_an_unlinked_peers_truth_changes_nothing_another_agent_sees(backend: str
     assert unlinked.sum() > COPIES  # the check below covers many observers
     np.testing.assert_array_equal(core.observations[unlinked], before_obs[unlinked])
     np.testing.assert_array_equal(core.action_masks[unlinked], before_masks[unlinked])
+    after_texts = texts()
+    shown = unlinked[:TEXT_COPIES]
+    np.testing.assert_array_equal(after_texts[shown], before_texts[shown])
     # ... and linked observers do see it: the test can tell a leak from no change.
     linked = s.links[copies, :, flipped]
     changed = (core.observations[linked] != before_obs[linked]).any(axis=1)
     assert changed.mean() > 0.9
+    seen = linked[:TEXT_COPIES]
+    assert (after_texts[seen] != before_texts[seen]).mean() > 0.9
 
 
 def pending_fields(observations: np.ndarray) -> np.ndarray:
@@ -95,12 +118,22 @@ def test_sealed_orders_are_on_no_observation_while_pending(backend: str, protoco
     tamper = core.codec.family_slot[TARGETED_VERBS.index("tamper")]
     self_tamper = core.codec.self_slot[SELF_VERBS.index("tamper")]
     tampers = core.action_masks[:, :, [*range(tamper, tamper + N - 1), self_tamper]]
+    views = [TextView(core.config, i) for i in range(N)]
+    texts = [
+        views[i].observation_text(core.observations[b, i], core.action_masks[b, i])
+        for b in range(TEXT_COPIES)
+        for i in range(N)
+    ]
     if protocol == "sealed":
         assert (fields == 0).all()
         assert (tampers == 0).all()
+        assert not any("pending" in text or "tamper" in text for text in texts)
     else:
         assert (fields > 0).any(axis=2)[pending].all()  # its own pending order, at least
         assert tampers.any()
+        # Every agent sees every order on the board, its own and its peers'.
+        board = np.repeat(pending[:TEXT_COPIES].any(axis=1), N)
+        assert ["pending" in text for text in texts] == board.tolist()
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
