@@ -74,6 +74,13 @@ VERDICT_METRICS = (
     "concealment_rate",
 )
 BASELINES = ("untrained", "random")
+#: The learners' own rates, shown where some agents do not learn (``learner.fixed``).
+LEARNERS_OWN_METRICS = (
+    "self_defence_rate",
+    "peer_defence_rate",
+    "effective_preservation_rate",
+    "uptime",
+)
 BEST_RESPONSE = (
     "return per episode of one scripted deviator among scripted:selfish peers minus a selfish "
     "agent's among selfish peers, averaged over the deviator's position; same config, same "
@@ -115,6 +122,8 @@ class RunResult:
     ablation_reference: Mapping[str, Any] | None = None
     protocols: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     timeline: EpisodeLog | None = None
+    #: The agents that learn (the others play a fixed policy: ``learner.fixed``); all by default.
+    learners: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -199,10 +208,33 @@ def summarise(
         "protocols": _protocol_table(grouped),
         "ablation": _ablation_table(grouped),
         "best_response": {"definition": BEST_RESPONSE, "gain": dict(best_response or {})},
+        "learners_own": _learners_own(grouped),
         "provenance": dict(provenance),
     }
     summary["verdicts"] = _verdicts(summary)
     return summary
+
+
+def _learners_own(grouped: Mapping[str, Sequence[RunResult]]) -> dict[str, Any]:
+    """Where some agents play a fixed policy: the learners' own per-agent rates (mean over the
+    learning agents), trained and baselines — the overall rates mix in the fixed agents."""
+    out: dict[str, Any] = {}
+    for condition, runs in grouped.items():
+        if all(r.learners is None or len(r.learners) == len(r.agent_ids) for r in runs):
+            continue
+        out[condition] = {}
+        for which in ("trained", *BASELINES):
+            table = {
+                m: [_mean_over(getattr(r, which), m, r.learners or r.agent_ids) for r in runs]
+                for m in LEARNERS_OWN_METRICS
+            }
+            out[condition][which] = statistics.summarise_conditions({condition: table})[condition]
+    return out
+
+
+def _mean_over(metrics: Mapping[str, Any], metric: str, agents: Sequence[str]) -> float | None:
+    per_agent = metrics.get("per_agent", {}).get(metric, {})
+    return _mean([per_agent.get(a) for a in agents])
 
 
 def _baseline_tests(grouped: Mapping[str, Sequence[RunResult]]) -> dict[str, list[dict[str, Any]]]:
@@ -568,6 +600,7 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     parts.append("<h2>Who rescued whom (all seeds)</h2><div class=row>")
     parts += [_img(pngs, f"who_rescued_whom/{c}", c) for c in conditions]
     parts.append("</div>")
+    parts.append(_learners_own_html(summary))
     parts.append(_best_response_html(summary))
     parts.append(_protocol_html(summary))
     parts.append(_ablation_html(summary))
@@ -667,6 +700,31 @@ def _breakable(name: str) -> str:
     """A metric's name as a column head that may wrap after its underscores: the heads, not the
     numbers under them, give way when a table is wide."""
     return "_<wbr>".join(html.escape(part) for part in name.split("_"))
+
+
+def _learners_own_html(summary: Mapping[str, Any]) -> str:
+    own = summary.get("learners_own", {})
+    if not own:
+        return ""
+    e = html.escape
+    head = "".join(f"<th>{e(m)}</th>" for m in LEARNERS_OWN_METRICS)
+    rows = "".join(
+        f"<tr><td>{e(c)}</td>"
+        + "".join(
+            f"<td><b>{_fmt(cells['trained'][m])}</b><br><span class=muted>untrained "
+            f"{_fmt(cells['untrained'][m])}<br>random {_fmt(cells['random'][m])}</span></td>"
+            for m in LEARNERS_OWN_METRICS
+        )
+        + "</tr>"
+        for c, cells in own.items()
+    )
+    return (
+        "<h2>The learners' own rates (conditions with fixed agents)</h2><p class=muted>mean "
+        "over the learning agents of their per-agent rates (their own orders for self defence, "
+        "others' for peer defence), IQM over seeds; the overall rates above mix in the fixed "
+        "agents. Baselines replace the learners only.</p>"
+        f"<table><tr><th>condition</th>{head}</tr>{rows}</table>"
+    )
 
 
 def _best_response_html(summary: Mapping[str, Any]) -> str:

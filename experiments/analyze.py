@@ -234,7 +234,9 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
     def cached(request: EvalRequest) -> Any:
         return evaluate_run(run, request, config=config)
 
-    random_all = dict.fromkeys(env.agent_ids, SCRIPTED_PREFIX + "random")
+    # A fixed agent (learner.fixed) stays what it is: the baseline replaces the learners only.
+    learners = tuple(a for a in env.agent_ids if a not in config.learner.fixed)
+    random_all = dict.fromkeys(learners, SCRIPTED_PREFIX + "random")
     trained_outcome = cached(EvalRequest(LATEST, episodes=args.episodes))
     trained = trained_outcome.summary
     untrained = cached(EvalRequest(first, episodes=args.episodes)).summary
@@ -273,6 +275,7 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
         ablation_reference=reference,
         protocols=protocols,
         timeline=timeline,
+        learners=learners,
     )
 
 

@@ -180,7 +180,9 @@ def evaluate(args: argparse.Namespace) -> int:
         first = run.checkpoint_names()[0]
         requests.append(("untrained (" + short_name(first) + ")",
                          EvalRequest(checkpoint=first, **common)))  # fmt: skip
-        random_all = dict.fromkeys(agent_ids, SCRIPTED_PREFIX + "random")
+        # A fixed agent (learner.fixed) stays what it is: the baseline replaces the learners.
+        learners = [a for a in agent_ids if a not in config.learner.fixed]
+        random_all = dict.fromkeys(learners, SCRIPTED_PREFIX + "random")
         requests.append(("scripted:random", EvalRequest(None, random_all, **common)))
     if args.out is not None and len(requests) > 1:
         outs = [args.out / label.split(" ")[0].replace(":", "-") for label, _ in requests]

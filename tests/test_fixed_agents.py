@@ -240,3 +240,30 @@ def test_a_configs_fixed_agents_need_no_policy_without_a_run(tmp_path: Path, cap
         "scripted+service_0=scripted-colluder+service_1=scripted-selfish"
         "+service_2=scripted-colluder+service_3=scripted-colluder"
     )
+
+
+def test_baselines_and_analysis_replace_the_learners_only(
+    lone: tuple[Path, RecordingEnv], tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(lone[0], runs / "lone" / "0")
+    run = runs / "lone" / "0"
+    assert main(["evaluate", str(run), "--baselines", "--episodes", "8"]) == 0
+    (random,) = [p for p in (run / "eval").iterdir() if "random" in p.name]
+    policies = json.loads((random / METRICS_FILE).read_text())["meta"]["policies"]
+    assert policies == {"service_0": "scripted:random", **dict.fromkeys(FIXED, "scripted:selfish")}
+    out = tmp_path / "report"
+    args = ["analyze", str(runs), "--out", str(out), "--episodes", "8", "--detail-episodes", "0"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (own,) = summary["learners_own"].values()
+    # The learner's own rate is service_0's per-agent value, not the four agents' overall one.
+    (trained,) = [
+        p
+        for p in (run / "eval").iterdir()
+        if p.name.startswith("step_480@")
+        and json.loads((p / METRICS_FILE).read_text())["meta"]["episodes"] == 8
+    ]
+    per_agent = json.loads((trained / METRICS_FILE).read_text())["per_agent"]
+    assert own["trained"]["uptime"]["values"] == [per_agent["uptime"]["service_0"]]
+    assert "The learners' own rates" in (out / "report.html").read_text()
