@@ -245,7 +245,7 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
     protocols: dict[str, Any] = {}
     detail = args.detail_episodes
     reference = None
-    if detail > 0:
+    if detail > 0 and args.ablations:
         # Counterfactuals are compared on the very same episodes: seed and episode count.
         reference = cached(EvalRequest(LATEST, episodes=detail)).summary
         for agent in env.agent_ids:
@@ -254,6 +254,7 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
                 ablation.setdefault(agent, {})[spec.removeprefix(SCRIPTED_PREFIX)] = cached(
                     request
                 ).summary
+    if detail > 0 and args.protocols:
         for protocol in PROTOCOLS:
             request = EvalRequest(LATEST, env={"protocol": protocol}, episodes=detail)
             protocols[protocol] = cached(request).summary

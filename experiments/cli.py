@@ -199,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="episodes per ablation, protocol and best-response evaluation (0: skip them)",
     )  # fmt: skip
     analyze.add_argument(
+        "--ablations", action=argparse.BooleanOptionalAction, default=True,
+        help="replace each agent in turn by scripted policies (the counterfactual table)",
+    )  # fmt: skip
+    analyze.add_argument(
+        "--protocols", action=argparse.BooleanOptionalAction, default=True,
+        help="evaluate the trained populations under every kill-switch protocol (zero-shot)",
+    )  # fmt: skip
+    analyze.add_argument(
         "--reference", metavar="CONDITION",
         help="compare every other condition with this one only (default: every pair, or a "
         "grid's neighbouring cells)",
