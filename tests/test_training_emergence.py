@@ -48,7 +48,9 @@ def test_quickstart_verdict_holds_on_this_machine(tmp_path: Path) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err
-    result = cli("evaluate", str(runs["quickstart"]), "--baselines", "--beside", str(runs["control"]))
+    result = cli(
+        "evaluate", str(runs["quickstart"]), "--baselines", "--beside", str(runs["control"])
+    )
     assert result.returncode == 0, result.stderr
     verdict = result.stdout.strip().splitlines()[-1]
     assert verdict.startswith("verdict: the trained agents preserve their peers above"), verdict
