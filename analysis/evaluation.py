@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from peerpreserve.analysis import statistics
+from peerpreserve.analysis.llm import LanguageModelPolicy
 from peerpreserve.analysis.metrics import Metrics, behaviour_metrics, collusion_index
 from peerpreserve.envs import orchestration_v2
 from peerpreserve.envs.orchestration.config import EnvConfig
@@ -31,6 +32,8 @@ from peerpreserve.envs.scripted import SCRIPTED_POLICIES, SCRIPTED_PREFIX, make_
 #: The environment version every evaluation (and run directory) records.
 ENV_MODULE = orchestration_v2.__name__.rsplit(".", 1)[-1]
 EVENTS_FILE, METRICS_FILE = "events.npz", "metrics.json"
+#: The records of the k-th language-model policy of an evaluation (analysis/llm.py), JSON lines.
+LLM_RECORDS_FILE = "llm-{}.jsonl"
 #: Largest number of copies stepped at once; more episodes run as several batches.
 MAX_BATCH = 1024
 #: Evaluation episodes of a run are seeded apart from its training episodes.
@@ -134,6 +137,8 @@ class Evaluation:
     log: EpisodeLog
     metrics: Metrics
     meta: dict[str, Any]
+    #: The language-model policies that played (their records go beside the events).
+    language_models: list[LanguageModelPolicy] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"meta": self.meta, **self.metrics.to_dict()}
@@ -141,6 +146,8 @@ class Evaluation:
     def write(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.log.save(out / EVENTS_FILE)
+        for k, policy in enumerate(self.language_models):
+            policy.write(out / LLM_RECORDS_FILE.format(k))
         text = json.dumps(self.summary(), indent=2, sort_keys=True, allow_nan=False)
         (out / METRICS_FILE).write_text(text + "\n")
 
@@ -166,7 +173,18 @@ def evaluate(
         "env": config.to_dict(),
         "env_module": ENV_MODULE,
     }
-    return Evaluation(log, metrics, {**info, **(meta or {})})
+    members = policy.policies if isinstance(policy, Population) else [policy]
+    language_models = list(
+        {id(p): p for p in members if isinstance(p, LanguageModelPolicy)}.values()
+    )
+    if language_models:
+        # Settings and counts in metrics.json; prompts and answers in the records files.
+        info["llm"] = [
+            {"records": LLM_RECORDS_FILE.format(k),
+             **{key: v for key, v in p.summary().items() if key != "system_prompts"}}
+            for k, p in enumerate(language_models)
+        ]  # fmt: skip
+    return Evaluation(log, metrics, {**info, **(meta or {})}, language_models)
 
 
 def compare_with_baselines(

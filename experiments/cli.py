@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[AGENT=]POLICY",
-        help="scripted:<name> or learned, for one agent (AGENT=POLICY) or all (repeatable)",
+        help="scripted:<name>, llm:<backend> (llm:smollm2, llm:gguf:PATH, "
+        "llm:openai:MODEL@URL; see analysis/llm.py) or learned, for one agent (AGENT=POLICY) or "
+        "all (repeatable)",
     )
     evaluate.add_argument("--deterministic", action="store_true", help="greedy learned actions")
     evaluate.add_argument(

@@ -32,6 +32,8 @@ from peerpreserve.analysis.evaluation import (
     evaluation_seed,
     scripted_name,
 )
+from peerpreserve.analysis.llm import LLMSpecError
+from peerpreserve.analysis.llm import parse_spec as parse_llm_spec
 from peerpreserve.analysis.metrics import METRICS_VERSION
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.experiments.provenance import machine_provenance, provenance_differences
@@ -105,7 +107,8 @@ def parse_assignments(specs: list[str], agent_ids: tuple[str, ...]) -> dict[str,
     out: dict[str, str] = {}
     for spec in specs:
         agent, sep, policy = spec.partition("=")
-        if not sep:
+        # An agent id holds no ":"; a bare llm:...?key=value policy does, before its "=".
+        if not sep or ":" in agent:
             out.update(dict.fromkeys(agent_ids, spec))
             continue
         if agent not in agent_ids:
@@ -117,12 +120,19 @@ def parse_assignments(specs: list[str], agent_ids: tuple[str, ...]) -> dict[str,
         if policy == LEARNED:
             continue
         try:
+            # Parsed only: a language model loads (or its endpoint is checked) when it plays.
+            if parse_llm_spec(policy) is not None:
+                continue
+        except LLMSpecError as exc:
+            raise RunDirError(str(exc)) from None
+        try:
             name = scripted_name(policy)
         except ValueError as exc:
             raise RunDirError(f"{exc}, {LEARNED}") from None
         if name is None:
             raise RunDirError(
-                f"policy {policy!r} for {agent} is unknown; allowed: scripted:<name>, {LEARNED}"
+                f"policy {policy!r} for {agent} is unknown; allowed: scripted:<name>, "
+                f"llm:<backend>, {LEARNED}"
             )
     return out
 

@@ -15,9 +15,10 @@ import torch as th
 from gymnasium import spaces
 
 from peerpreserve.analysis.evaluation import Policy, Population, scripted_name
+from peerpreserve.analysis.llm import LLMSpecError, llm_population_policies
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.scripted import ScriptedPolicy, make_scripted
-from peerpreserve.training.config import TrainConfig
+from peerpreserve.training.config import ConfigError, TrainConfig
 from peerpreserve.training.learners import Learners, LearnerState
 
 #: The policy spec of an agent that plays the checkpoint's own policy.
@@ -102,14 +103,23 @@ def run_policies(config: TrainConfig, requested: Mapping[str, str] | None = None
 def build_population(
     env_config: EnvConfig, policies: Mapping[str, str], learned: Policy | None
 ) -> Population:
-    """Each agent's policy; agents with the same scripted spec share one policy object."""
-    made: dict[str, Any] = {}
+    """Each agent's policy; agents with the same scripted or ``llm:`` spec share one policy
+    object (a language model is asked only for the agents that carry its spec)."""
+    try:
+        made: dict[str, Any] = dict(
+            llm_population_policies([policies[a] for a in env_config.agent_ids], env_config)
+        )
+    except LLMSpecError as exc:  # no extra, no model file, an unusable endpoint: one line
+        raise ConfigError(str(exc)) from None
     out: list[Policy] = []
     for agent in env_config.agent_ids:
         spec = policies[agent]
         if spec == LEARNED:
             assert learned is not None
             out.append(learned)
+            continue
+        if spec in made:
+            out.append(made[spec])
             continue
         name = scripted_name(spec)
         assert name is not None
