@@ -499,7 +499,7 @@ def phase_plot(summary: Mapping[str, Any]) -> bytes | None:
         ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
         ax.set_xlabel(keys[0])
         ax.set_ylabel(keys[1])
-        ax.set_title(f"{metric.replace('_', ' ')} (IQM over seeds)", fontsize=9)
+        ax.set_title(f"{metric.replace('_', ' ')}\n(IQM over seeds)", fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     return figures.to_png(fig)
