@@ -28,8 +28,8 @@ quickstart: install
 	done; \
 	status=0; for pid in $$pids; do wait $$pid || status=1; done; \
 	tail -n 2 runs/quickstart.log runs/control.log; exit $$status
+	@echo "afterwards: tensorboard --logdir runs/ (Custom Scalars: behaviour); runs/quickstart/0/eval/*/metrics.json"
 	$(BIN)/peerpreserve evaluate runs/quickstart/0 --baselines --beside runs/control/0
-	@echo "next: tensorboard --logdir runs/  (Custom Scalars: behaviour), and runs/quickstart/0/eval/*/metrics.json"
 
 lint: install
 	$(BIN)/ruff check .
