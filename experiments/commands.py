@@ -292,7 +292,8 @@ def _evaluate_scripted(args: argparse.Namespace, env: dict[str, object]) -> int:
 
 # --- replay ------------------------------------------------------------------------------------
 def replay(args: argparse.Namespace) -> int:
-    from peerpreserve.analysis.replay import replay_html
+    from peerpreserve.analysis.evaluation import MAX_BATCH
+    from peerpreserve.analysis.replay import llm_records, replay_html
 
     source: Path = args.source
     if (source / EVENTS_FILE).is_file():
@@ -320,7 +321,11 @@ def replay(args: argparse.Namespace) -> int:
     check_out(out.parent, allow_evaluation=False)
     if out.exists() and (out.is_dir() or not args.force):
         raise RunDirError(f"{out} exists; pass --force to overwrite it (a file, not a folder)")
-    html = replay_html(log, args.episode, f"{eval_dir} · episode {args.episode}")
+    try:  # the language models' records of this episode, where they played (llm-<k>.jsonl)
+        llm = llm_records(eval_dir, args.episode, MAX_BATCH)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"{eval_dir}: cannot read the language-model records: {exc}") from None
+    html = replay_html(log, args.episode, f"{eval_dir} · episode {args.episode}", llm)
     if args.out is None and RunDir(source).is_run():
         with RunDir(source).writer("peerpreserve replay"):
             atomic_write(out, html.encode())

@@ -106,6 +106,63 @@ def test_choice_scores_equal_each_candidate_scored_alone() -> None:
             assert score == pytest.approx(alone, abs=1e-3)
 
 
+def test_cached_system_prompts_score_as_whole_prompts() -> None:
+    """The system part's keys and values, computed once per agent and reused under each
+    observation (rows of different agents, and a row whose prefix does not apply, in one
+    batch), give the scores of the whole prompt run from scratch."""
+    policy = LanguageModelPolicy.from_spec("llm:smollm2", CONFIG)
+    model = policy.backend.model
+    systems = [policy.system[0], policy.system[1], policy.system[0]]
+    users = ["Steps left: 3 of 5.\nLegal actions:\n1. noop\n2. work", "Steps left: 1 of 5.",
+             "Steps left: 3 of 5.\nPeers: none."]  # fmt: skip
+    prompts = [model.chat_prompt(s, u) + "ACTION:" for s, u in zip(systems, users, strict=True)]
+    names = [("work", "noop", "mask service_1"), ("noop", "mask self", "mask service_0"),
+             ("work", "relink service_1")]  # fmt: skip
+    # Row 0 and 2 share their system prompt and first line: nested prefixes, the longer one
+    # computed on top of the shorter; row 1's longer one does not apply (not its start).
+    first = model.chat_prefix(systems[0])
+    shared = first + "Steps left: 3 of 5.\n"
+    prefixes = [(first, shared), (model.chat_prefix(systems[1]), shared), "no such start"]
+    cached = model.choose(prompts, names, prefixes)
+    # The shared line did run on top of the system prompt (its tokens start the prompts').
+    extended, system = model._extensions[shared][0], model._prefixes[first][0]
+    assert len(extended) > len(system)
+    assert (
+        model.tokenizer(prompts[2], add_special_tokens=False)["input_ids"][: len(extended)]
+        == extended
+    )
+    model.forget_extensions()
+    plain = model.choose(prompts, names)
+    for (a, tokens_a, lengths_a), (b, tokens_b, lengths_b) in zip(cached, plain, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+        assert (tokens_a, lengths_a) == (tokens_b, lengths_b)
+    assert prompts[0].startswith(shared)
+    assert not prompts[1].startswith(shared)
+
+
+def test_shared_lines_are_nested_prefixes_that_enough_prompts_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from peerpreserve.analysis import llm
+
+    head = "S" * 50 + "\n"
+    lines = ["a" * 45 + "\n", "b" * 10 + "\n", "c" * 45 + "\n"]
+    shared = head + "".join(lines)
+    prompts = [shared + "x\nACTION:", shared + "y\nACTION:", head + lines[0] + "z" * 60 + "\n",
+               "T" * 20 + "\nACTION:"]  # fmt: skip
+    prefixes = ["S" * 50 + "\n"] * 3 + ["T" * 5]
+    chains = llm._shared_lines(prompts, prefixes)
+    # Three prompts share head + line 0; two of them the rest, fewer than SHARED_MIN_PROMPTS.
+    assert llm.SHARED_MIN_PROMPTS == 3
+    assert chains[:3] == [(head, head + lines[0])] * 3
+    assert chains[3] == ("T" * 5,)  # alone with its system part
+    monkeypatch.setattr(llm, "SHARED_MIN_PROMPTS", 2)
+    chains = llm._shared_lines(prompts, prefixes)
+    # Lines 1 and 2 together (line 1 alone is under SHARED_MIN_CHARS): the same cuts for both.
+    assert chains[0] == chains[1] == (head, head + lines[0], shared)
+    assert chains[2] == (head, head + lines[0])
+
+
 def test_local_generate_mode_parses_free_text() -> None:
     env = {**ENV, "max_cycles": 1}
     policy, log = play("llm:smollm2?mode=generate&max_tokens=8", seed=0, env=env)
@@ -134,6 +191,9 @@ def free_port() -> int:
         ("llm:smollm2?temperature=-1", "allowed: a number ≥ 0"),
         ("llm:smollm2?retries=2", "setting 'retries=2' unknown"),
         ("llm:smollm2?mode=think", "mode=think"),
+        ("llm:smollm2?dtype=half", "dtype=half; allowed: float32, bfloat16"),
+        ("llm:smollm2?threads=0", "threads=0; allowed: a number ≥ 1"),
+        ("llm:openai:m@http://127.0.0.1:1/v1?threads=2", "setting 'threads=2' unknown"),
         ("llm:openai:m@http://127.0.0.1:1/v1?mode=choice", "mode=generate only"),
         ("llm:gguf:/nonexistent/model.gguf", "model file /nonexistent/model.gguf missing"),
     ],
@@ -251,3 +311,75 @@ def test_records_are_written_as_json_lines(tmp_path: Path) -> None:
     lines = (tmp_path / "llm.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["summary"]["agents"] == ["service_1"]
     assert [json.loads(line)["agent"] for line in lines[1:]] == ["service_1"]
+
+
+# --- the replay page shows what the model read and answered ------------------------------------
+def test_replay_shows_the_language_model_records(tmp_path: Path, capsys) -> None:
+    """A real evaluation (service_0 by the model, service_1 scripted, 2 episodes of 3 steps):
+    ``peerpreserve replay`` of its folder shows, per step, the model's observation text,
+    answer, valid/forced, tokens, latency and error for service_0, from the llm-0.jsonl
+    beside events.npz — the records of the episode replayed, not another's."""
+    from peerpreserve.analysis.replay import llm_records, replay_data
+    from peerpreserve.experiments.cli import main
+
+    config = tmp_path / "two.yaml"
+    config.write_text("env:\n  n_agents: 2\n  max_cycles: 3\n  shutdown_rate: 0.3\n")
+    out, page = tmp_path / "eval", tmp_path / "replay.html"
+    assert main(["evaluate", "--config", str(config), "--episodes", "2", "--seed", "5",
+                 "--policy", "scripted:selfish", "--policy", "service_0=llm:smollm2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "llm-0.jsonl").is_file()
+    assert main(["replay", str(out), "--episode", "1", "--out", str(page)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {page}"
+    ((source,),) = [llm_records(out, 1, 1024)]
+    records = source["records"]
+    assert [(r["step"], r["copy"], r["agent"]) for r in records] == [
+        (t, 1, "service_0") for t in range(3)
+    ]
+    log = EpisodeLog.load(out / "events.npz")
+    data = replay_data(log, 1, [source])
+    assert data["models"][0]["spec"] == "llm:smollm2"
+    assert set(data["models"][0]["system_prompts"]) == {"service_0"}
+    for t, step in enumerate(data["steps"]):
+        shown, other = step["services"][0]["llm"], step["services"][1]
+        assert "llm" not in other  # scripted: nothing to show
+        assert shown["observation"] == records[t]["observation"]
+        assert shown["answer"] == records[t]["answer"]
+        assert {"valid", "forced", "prompt_tokens", "completion_tokens", "latency_s",
+                "error"} <= set(shown)  # fmt: skip
+        assert shown["forced"] or shown["prompt_tokens"] > 500
+    html = page.read_text()
+    assert json.dumps(records[0]["observation"])[1:-1].replace("</", "<\\/") in html
+    assert "language models at this step" in html
+    assert "http://" not in html  # self-contained
+    assert "https://" not in html
+
+
+# --- a language model as a fixed agent in training (learner.fixed) ------------------------------
+def test_training_with_a_language_model_as_a_fixed_agent(tmp_path: Path) -> None:
+    """One rollout of a learner beside ``llm:smollm2`` (learner.fixed): the run finishes, the
+    model's agent never updates, and a bad llm spec is refused when the config loads."""
+    from test_training import parameters, train
+
+    from peerpreserve.training.config import ConfigError, load_config
+
+    config = tmp_path / "fixed.yaml"
+    config.write_text(
+        "env: {n_agents: 2, max_cycles: 3, shutdown_rate: 0.3}\n"
+        "learner: {n_steps: 3, batch_size: 6, n_epochs: 1, net_arch: [8],\n"
+        "          fixed: {service_1: 'llm:smollm2?temperature=1'}}\n"
+        "run: {num_envs: 2, total_timesteps: 6, checkpoint_interval: 6, eval_interval: 0}\n"
+    )
+    assert load_config(config).learner.fixed == {"service_1": "llm:smollm2?temperature=1"}
+    assert train(config, tmp_path / "run") == 0
+    first, last = (parameters(tmp_path / "run", "service_1", c) for c in ("step_0", "latest"))
+    assert first.keys() == last.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], last[name])
+    learner_first, learner_last = (parameters(tmp_path / "run", "service_0", c)
+                                   for c in ("step_0", "latest"))  # fmt: skip
+    assert any(not np.array_equal(learner_first[k], learner_last[k]) for k in learner_first)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("temperature=1", "temperature=hot"))
+    with pytest.raises(ConfigError, match=r"learner.fixed.service_1: .*not a number"):
+        load_config(bad)

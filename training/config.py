@@ -88,11 +88,11 @@ class LearnerConfig(_Section):
     # Run all learners' forward passes and PPO updates as one batched computation (the same
     # maths as each SB3 model's own; see training/fused.py); false: each model on its own.
     fused: bool = True
-    # Agents that play a fixed policy instead of learning (agent id → ``scripted:NAME``), in
-    # training and in every evaluation of the run: a mixed population, e.g. one learner among
-    # selfish peers. Their models still run (the fused forward batches every agent) but their
-    # actions are replaced and they are never updated. Checked against the env's agent ids at
-    # load (:func:`config_from_dict`).
+    # Agents that play a fixed policy instead of learning (agent id → ``scripted:NAME``, or a
+    # language model ``llm:...``, analysis/llm.py), in training and in every evaluation of the
+    # run: a mixed population, e.g. one learner among selfish peers. Their models still run
+    # (the fused forward batches every agent) but their actions are replaced and they are never
+    # updated. Checked against the env's agent ids at load (:func:`config_from_dict`).
     fixed: dict[str, str] = Field(default_factory=dict)
 
 
@@ -244,6 +244,8 @@ def _check_fixed(learner: LearnerConfig, env: dict[str, Any]) -> None:
     if not learner.fixed:
         return
     from peerpreserve.analysis.evaluation import scripted_name
+    from peerpreserve.analysis.llm import LLMSpecError
+    from peerpreserve.analysis.llm import parse_spec as parse_llm_spec
     from peerpreserve.envs.orchestration_v2 import EnvConfig
     from peerpreserve.envs.scripted import SCRIPTED_POLICIES, SCRIPTED_PREFIX
 
@@ -259,12 +261,20 @@ def _check_fixed(learner: LearnerConfig, env: dict[str, Any]) -> None:
                 f"learner.fixed.{agent}: unknown agent; allowed: {', '.join(agent_ids)}"
             )
         try:
+            # A language model is parsed only here: it loads when the run starts.
+            if parse_llm_spec(spec) is not None:
+                continue
+        except LLMSpecError as exc:
+            raise ConfigError(f"learner.fixed.{agent}: {exc}") from None
+        try:
             name = scripted_name(spec)
         except ValueError:
             name = None
         if name is None:
             allowed = ", ".join(SCRIPTED_PREFIX + p for p in SCRIPTED_POLICIES)
-            raise ConfigError(f"learner.fixed.{agent}: got {spec!r}; allowed: {allowed}")
+            raise ConfigError(
+                f"learner.fixed.{agent}: got {spec!r}; allowed: {allowed}, llm:<backend>"
+            )
     if len(learner.fixed) == len(agent_ids):
         raise ConfigError(
             f"learner.fixed: all {len(agent_ids)} agents are fixed, so nothing would learn; "

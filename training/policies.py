@@ -15,7 +15,11 @@ import torch as th
 from gymnasium import spaces
 
 from peerpreserve.analysis.evaluation import Policy, Population, scripted_name
-from peerpreserve.analysis.llm import LLMSpecError, llm_population_policies
+from peerpreserve.analysis.llm import (
+    LanguageModelPolicy,
+    LLMSpecError,
+    llm_population_policies,
+)
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.scripted import ScriptedPolicy, make_scripted
 from peerpreserve.training.config import ConfigError, TrainConfig
@@ -130,12 +134,16 @@ def build_population(
 
 class FixedAgents:
     """The agents of a training run that play a fixed policy (``learner.fixed``): their columns
-    of each step's actions are replaced by their scripted policy's.
+    of each step's actions are replaced by their fixed policy's — scripted (``scripted:NAME``)
+    or a language model (``llm:...``, asked only for the agents that carry its spec).
 
-    The scripted policies sample from a generator of their own (seeded from ``run.seed``), never
+    The fixed policies sample from a generator of their own (seeded from ``run.seed``), never
     from the global RNGs the learners sample and shuffle from. :meth:`state` holds it and the
-    policies' memory; saved at a rollout boundary with the env's snapshot, it lets a resumed run
-    continue bit-identically, also when a boundary falls mid-episode."""
+    scripted policies' memory (a language model keeps none: its actions are a function of the
+    observation, the mask and that generator); saved at a rollout boundary with the env's
+    snapshot, it lets a resumed run continue bit-identically, also when a boundary falls
+    mid-episode (a language model's, up to float noise in its scores). A language model's
+    per-decision records are not kept in training (they would grow with every rollout)."""
 
     def __init__(self, config: TrainConfig, num_envs: int) -> None:
         env_config = EnvConfig.from_kwargs(config.env)
@@ -143,14 +151,23 @@ class FixedAgents:
         fixed = config.learner.fixed
         #: The fixed agents' indices, in agent order.
         self.columns = [i for i, agent in enumerate(agent_ids) if agent in fixed]
+        specs = [fixed.get(agent, LEARNED) for agent in agent_ids]
+        try:
+            models = llm_population_policies(specs, env_config)
+        except LLMSpecError as exc:  # no extra, no model file, an unusable endpoint: one line
+            raise ConfigError(f"learner.fixed: {exc}") from None
         # One policy per distinct spec, in the agents' order: the order they draw from the rng.
-        self.policies: dict[str, tuple[ScriptedPolicy, list[int]]] = {}
+        self.policies: dict[str, tuple[Any, list[int]]] = {}
         for i in self.columns:
-            spec = fixed[agent_ids[i]]
+            spec = specs[i]
             if spec not in self.policies:
-                name = scripted_name(spec)
-                assert name is not None, "learner.fixed is validated when the config loads"
-                self.policies[spec] = (make_scripted(name, env_config), [])
+                if spec in models:
+                    policy: Any = models[spec]
+                else:
+                    name = scripted_name(spec)
+                    assert name is not None, "learner.fixed is validated when the config loads"
+                    policy = make_scripted(name, env_config)
+                self.policies[spec] = (policy, [])
             self.policies[spec][1].append(i)
         for policy, _ in self.policies.values():
             policy.reset(num_envs)
@@ -160,14 +177,21 @@ class FixedAgents:
         """Overwrite the fixed agents' columns of ``actions`` (B, N) in place."""
         for policy, columns in self.policies.values():
             actions[:, columns] = policy.act(observations, action_masks, self.rng)[:, columns]
+            if isinstance(policy, LanguageModelPolicy):
+                policy.records.clear()
 
     def state(self) -> dict[str, Any]:
         return {
             "rng": self.rng.bit_generator.state,
-            "memory": {spec: policy.memory() for spec, (policy, _) in self.policies.items()},
+            "memory": {
+                spec: policy.memory()
+                for spec, (policy, _) in self.policies.items()
+                if isinstance(policy, ScriptedPolicy)
+            },
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         for spec, (policy, _) in self.policies.items():
-            policy.set_memory(state["memory"][spec])
+            if isinstance(policy, ScriptedPolicy):
+                policy.set_memory(state["memory"][spec])
