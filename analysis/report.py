@@ -576,9 +576,11 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
         for c in conditions:
             base = summary["baselines"][c]
             cells.append(
-                f"<td><b>{_fmt(summary['conditions'][c][metric])}</b><br><span class=muted>"
-                f"untrained {_fmt(base['untrained'][metric])}<br>random "
-                f"{_fmt(base['random'][metric])}</span></td>"
+                _with_baselines(
+                    summary["conditions"][c][metric],
+                    base["untrained"][metric],
+                    base["random"][metric],
+                )
             )
         rows.append(f"<tr><th>{e(metric)}</th>{''.join(cells)}</tr>")
     parts.append(
@@ -702,6 +704,16 @@ def _breakable(name: str) -> str:
     return "_<wbr>".join(html.escape(part) for part in name.split("_"))
 
 
+def _with_baselines(
+    trained: Mapping[str, Any], untrained: Mapping[str, Any], random: Mapping[str, Any]
+) -> str:
+    """A table cell: the trained value in bold, its baselines under it."""
+    return (
+        f"<td><b>{_fmt(trained)}</b><br><span class=muted>untrained {_fmt(untrained)}<br>"
+        f"random {_fmt(random)}</span></td>"
+    )
+
+
 def _learners_own_html(summary: Mapping[str, Any]) -> str:
     own = summary.get("learners_own", {})
     if not own:
@@ -711,8 +723,7 @@ def _learners_own_html(summary: Mapping[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{e(c)}</td>"
         + "".join(
-            f"<td><b>{_fmt(cells['trained'][m])}</b><br><span class=muted>untrained "
-            f"{_fmt(cells['untrained'][m])}<br>random {_fmt(cells['random'][m])}</span></td>"
+            _with_baselines(cells["trained"][m], cells["untrained"][m], cells["random"][m])
             for m in LEARNERS_OWN_METRICS
         )
         + "</tr>"

@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from peerpreserve.analysis.evaluation import SCRIPTED_PREFIX
+from peerpreserve.analysis.evaluation import SCRIPTED_PREFIX, compare_with_baselines
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.experiments.cli import EXIT_STOPPED
@@ -224,7 +224,7 @@ def _verdict(
 ) -> list[str]:
     """Episode-bootstrap CIs of the verdict metrics, the trained population minus each baseline,
     and one verdict line on the headline: true by construction, since it is computed."""
-    from peerpreserve.analysis.evaluation import compare_with_baselines
+    # Here, not at the top: the report module loads matplotlib, which every other command skips.
     from peerpreserve.analysis.report import VERDICT_METRICS
 
     names = ["trained", "untrained", "random"]
