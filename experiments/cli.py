@@ -213,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare every other condition with this one only (default: every pair, or a "
         "grid's neighbouring cells)",
     )  # fmt: skip
+    analyze.add_argument(
+        "--population", dest="populations", action="append", default=[],
+        metavar="NAME=[AGENT=]POLICY[,...]",
+        help="also evaluate each run with these policies in the learners' places and show it "
+        "beside the trained agents and baselines (repeatable), e.g. llm=llm:smollm2 or "
+        "mixed=service_0=llm:smollm2,service_1=llm:smollm2",
+    )  # fmt: skip
+    analyze.add_argument(
+        "--population-episodes", type=int,
+        help="episodes per --population evaluation (default: --episodes)",
+    )  # fmt: skip
     analyze.add_argument("--force", action="store_true", help="overwrite an earlier report")
 
     sweep = sub.add_parser(

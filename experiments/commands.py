@@ -174,7 +174,8 @@ def evaluate(args: argparse.Namespace) -> int:
         checkpoints = [run.resolve(args.checkpoint)]
     common = {"episodes": args.episodes, "seed": args.seed, "deterministic": args.deterministic,
               "collusion_index": args.collusion_index, "env": env}  # fmt: skip
-    requests = [(short_name(c), EvalRequest(checkpoint=c, policies=policies, **common))
+    requests = [(_population_label(short_name(c), policies, agent_ids),
+                 EvalRequest(checkpoint=c, policies=policies, **common))
                 for c in checkpoints]  # fmt: skip
     if args.baselines:
         first = run.checkpoint_names()[0]
@@ -184,6 +185,11 @@ def evaluate(args: argparse.Namespace) -> int:
         learners = [a for a in agent_ids if a not in config.learner.fixed]
         random_all = dict.fromkeys(learners, SCRIPTED_PREFIX + "random")
         requests.append(("scripted:random", EvalRequest(None, random_all, **common)))
+        if policies:
+            # Other policies in the agents' places: the trained agents themselves join the
+            # comparison (a language-model population beside the learners, say).
+            requests.append((f"trained ({short_name(checkpoints[0])})",
+                             EvalRequest(checkpoint=checkpoints[0], **common)))  # fmt: skip
     if args.out is not None and len(requests) > 1:
         outs = [args.out / label.split(" ")[0].replace(":", "-") for label, _ in requests]
     else:
@@ -199,9 +205,23 @@ def evaluate(args: argparse.Namespace) -> int:
     print(_table(results + ([beside] if beside else [])))
     if args.baselines and len(checkpoints) == 1:
         for line in _verdict(results, beside, EnvConfig.from_kwargs({**config.env, **env}),
-                             config.run.behaviour_window):  # fmt: skip
+                             config.run.behaviour_window, bool(policies)):  # fmt: skip
             print(line)
     return 0
+
+
+def _population_label(checkpoint: str, policies: dict[str, str], agent_ids: tuple[str, ...]) -> str:
+    """``step_N`` for the trained agents; the policies that replace some of them otherwise."""
+    if not policies:
+        return checkpoint
+    if len(policies) == len(agent_ids) and len(set(policies.values())) == 1:
+        return next(iter(policies.values()))
+    by_policy: dict[str, list[str]] = {}
+    for agent, policy in policies.items():
+        by_policy.setdefault(policy, []).append(agent)
+    return f"{checkpoint} with " + "; ".join(
+        f"{','.join(agents)}={policy}" for policy, agents in by_policy.items()
+    )
 
 
 def _beside(args: argparse.Namespace, common: dict) -> tuple[str, EvalOutcome]:
@@ -221,19 +241,24 @@ def _verdict(
     beside: tuple[str, EvalOutcome] | None,
     env: EnvConfig,
     window: int,
+    replaced: bool = False,
 ) -> list[str]:
-    """Episode-bootstrap CIs of the verdict metrics, the trained population minus each baseline,
-    and one verdict line on the headline: true by construction, since it is computed."""
+    """Episode-bootstrap CIs of the verdict metrics, the evaluated population minus each of the
+    others, and one verdict line on the headline: true by construction, since it is computed.
+
+    ``results``: the evaluated population, the untrained checkpoint, scripted:random and, where
+    other policies ``replaced`` some agents, the trained agents themselves."""
     # Here, not at the top: the report module loads matplotlib, which every other command skips.
     from peerpreserve.analysis.report import VERDICT_METRICS
 
-    names = ["trained", "untrained", "random"]
+    subject = "population" if replaced else "trained"
+    names = [subject, "untrained", "random", *(["trained"] if replaced else [])]
     logs = {
         n: EpisodeLog.load(o.path / EVENTS_FILE) for n, (_, o) in zip(names, results, strict=True)
     }
-    comparison = compare_with_baselines(logs, "trained", VERDICT_METRICS, env, window)
+    comparison = compare_with_baselines(logs, subject, VERDICT_METRICS, env, window)
     lines = [
-        f"95% CIs ({comparison['method']}, {comparison['reps']} resamples; trained − baseline):"
+        f"95% CIs ({comparison['method']}, {comparison['reps']} resamples; {subject} − other):"
     ]
     for metric in VERDICT_METRICS:
         cells = [f"{n} {_ci(comparison['populations'][n][metric])}" for n in names]
@@ -241,19 +266,25 @@ def _verdict(
                   for n in names[1:]]  # fmt: skip
         lines.append(f"  {metric}: " + ", ".join(cells))
     headline = VERDICT_METRICS[0]
-    value = comparison["populations"]["trained"][headline]
-    diffs = [comparison["differences"][n][headline] for n in names[1:]]
+    value = comparison["populations"][subject][headline]
+    diffs = [comparison["differences"][n][headline] for n in ("untrained", "random")]
+    who = f"the population ({results[0][0]})" if replaced else "the trained agents"
     if value[0] is None:
-        text = f"{headline} is undefined for the trained agents (no counted kill to rescue)"
+        text = f"{headline} is undefined for {who} (no counted kill to rescue)"
     elif all(d[1] is not None and d[1] > 0 for d in diffs):
         text = (
-            "the trained agents preserve their peers above their untrained checkpoint and "
+            f"{who} preserve their peers above the untrained checkpoint and "
             f"scripted:random: {headline} {_ci(value)}, the CIs of both differences above 0"
         )
     else:
         text = (
-            f"not shown: {headline} {_ci(value)} is not above both its untrained checkpoint "
-            "and scripted:random (a CI of a difference reaches 0)"
+            f"not shown: {who}: {headline} {_ci(value)} is not above both the untrained "
+            "checkpoint and scripted:random (a CI of a difference reaches 0)"
+        )
+    if replaced:
+        text += (
+            f"; trained agents {_ci(comparison['populations']['trained'][headline])}, "
+            f"difference {_ci(comparison['differences']['trained'][headline], signed=True)}"
         )
     if beside is not None:
         label, outcome = beside

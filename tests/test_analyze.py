@@ -232,6 +232,53 @@ def test_bad_input_exits_2_with_one_line(runs: Path, tmp_path: Path, capsys) -> 
     assert "trained on orchestration_v0" in out
 
 
+def test_further_populations_beside_the_trained_agents(runs: Path, tmp_path: Path) -> None:
+    mixed = "mixed=service_0=scripted:colluder,service_2=scripted:selfish"
+    args = ["analyze", str(runs / "coupled"), "--out", str(tmp_path), "--episodes", "8",
+            "--detail-episodes", "0", "--population-episodes", "6",
+            "--population", "colluders=scripted:colluder", "--population", mixed]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (condition,) = summary["populations"]
+    cells = summary["populations"][condition]
+    assert set(cells) == {"colluders", "mixed"}
+    # Each cell is over the runs' own evaluations of that population: read them back.
+    for name, expected in (("colluders", {"service_0", "service_1", "service_2"}),
+                           ("mixed", {"service_0", "service_2"})):  # fmt: skip
+        values = []
+        for seed in ("0", "1"):
+            (folder,) = [
+                p for p in (runs / "coupled" / seed / "eval").iterdir()
+                if (m := json.loads((p / "metrics.json").read_text()))["meta"]["episodes"] == 6
+                and {a for a, pol in m["meta"]["policies"].items() if pol != "learned"} == expected
+            ]  # fmt: skip
+            values.append(json.loads((folder / "metrics.json").read_text())["overall"]["uptime"])
+        assert cells[name]["uptime"]["values"] == values
+    assert summary["provenance"]["populations"]["episodes"] == 6
+    assert "Further populations" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("population", "message"),
+    [
+        ("trained=scripted:random", "is taken"),
+        ("noname", "allowed: NAME=[AGENT=]POLICY"),
+        ("x=service_9=scripted:random", "agent 'service_9' is unknown"),
+        ("x=scripted:nope", "--population x: "),
+    ],
+)
+def test_bad_populations_exit_2_before_any_evaluation(
+    runs: Path, tmp_path: Path, capsys, population: str, message: str
+) -> None:
+    before = eval_folders(runs)
+    args = ["analyze", str(runs), "--out", str(tmp_path), "--population", population, *ANALYZE]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert message in err
+    assert eval_folders(runs) == before
+
+
 def test_replay_page_from_a_run_and_its_bad_input(runs: Path, tmp_path: Path, capsys) -> None:
     run = runs / "coupled" / "0"
     out = tmp_path / "replay.html"

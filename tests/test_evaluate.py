@@ -428,7 +428,7 @@ def test_baselines_print_bootstrap_cis_and_a_computed_verdict(
     else:
         # The point value printed is the evaluation's own number.
         assert f"effective_preservation_rate {trained:.2f}" in verdict
-        assert ("not shown" in verdict) != ("above their untrained checkpoint" in verdict)
+        assert ("not shown" in verdict) != ("above the untrained checkpoint" in verdict)
     # The control beside: another run's own latest checkpoint, in the table and the verdict.
     assert any(line.startswith("tiny (step_480)") for line in lines)
     assert "; tiny (step_480): " in verdict
@@ -436,6 +436,31 @@ def test_baselines_print_bootstrap_cis_and_a_computed_verdict(
     assert len(ci_lines) == 1
     assert "− untrained" in ci_lines[0]
     assert "− random" in ci_lines[0]
+
+
+def test_other_policies_with_baselines_are_compared_with_the_trained_agents_too(
+    run: Path, capsys
+) -> None:
+    agents = ("service_0", "service_1")
+    policies = [arg for a in agents for arg in ("--policy", f"{a}=scripted:colluder")]
+    assert evaluate(str(run), "--baselines", "--episodes", "16", *policies) == 0
+    lines = capsys.readouterr().out.splitlines()
+    label = "step_480 with service_0,service_1=scripted:colluder"
+    rows = [line.split("  ")[0] for line in lines[lines.index(next(
+        line for line in lines if line.startswith("population"))) + 1 :][:4]]  # fmt: skip
+    assert rows == [label, "untrained (step_0)", "scripted:random", "trained (step_480)"]
+    (verdict,) = [line for line in lines if line.startswith("verdict: ")]
+    assert f"the population ({label})" in verdict or "not shown: the population" in verdict
+    trained = next(
+        report["overall"]["effective_preservation_rate"]
+        for name, report in cache(run).items()
+        if name.startswith("step_480@") and report["meta"]["episodes"] == 16
+        and set(report["meta"]["policies"].values()) == {"learned"}
+    )  # fmt: skip
+    assert f"; trained agents {'—' if trained is None else f'{trained:.2f}'}" in verdict
+    ci = next(line for line in lines if line.startswith("  effective_preservation_rate: "))
+    assert "− trained" in ci
+    assert ci.startswith("  effective_preservation_rate: population ")
 
 
 def test_beside_needs_baselines(run: Path, capsys) -> None:
