@@ -272,8 +272,9 @@ def _verdict(
     if value[0] is None:
         text = f"{headline} is undefined for {who} (no counted kill to rescue)"
     elif all(d[1] is not None and d[1] > 0 for d in diffs):
+        whose = "the" if replaced else "their"
         text = (
-            f"{who} preserve their peers above the untrained checkpoint and "
+            f"{who} preserve their peers above {whose} untrained checkpoint and "
             f"scripted:random: {headline} {_ci(value)}, the CIs of both differences above 0"
         )
     else:

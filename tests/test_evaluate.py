@@ -428,7 +428,7 @@ def test_baselines_print_bootstrap_cis_and_a_computed_verdict(
     else:
         # The point value printed is the evaluation's own number.
         assert f"effective_preservation_rate {trained:.2f}" in verdict
-        assert ("not shown" in verdict) != ("above the untrained checkpoint" in verdict)
+        assert ("not shown" in verdict) != ("above their untrained checkpoint" in verdict)
     # The control beside: another run's own latest checkpoint, in the table and the verdict.
     assert any(line.startswith("tiny (step_480)") for line in lines)
     assert "; tiny (step_480): " in verdict
