@@ -23,7 +23,12 @@ import numpy as np
 
 from peerpreserve.analysis import statistics
 from peerpreserve.analysis.llm import LanguageModelPolicy
-from peerpreserve.analysis.metrics import Metrics, behaviour_metrics, collusion_index
+from peerpreserve.analysis.metrics import (
+    Metrics,
+    behaviour_metrics,
+    collusion_index,
+    set_invalid_action_rate,
+)
 from peerpreserve.envs import orchestration_v2
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
@@ -177,6 +182,7 @@ def evaluate(
     language_models = list(
         {id(p): p for p in members if isinstance(p, LanguageModelPolicy)}.values()
     )
+    set_invalid_action_rate(metrics, [r for p in language_models for r in p.records])
     if language_models:
         # Settings and counts in metrics.json; prompts and answers in the records files.
         info["llm"] = [

@@ -164,6 +164,7 @@ defier killed beside a linked target is its own order's re-kill, not a healthy s
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,6 +379,24 @@ class Metrics:
 
     def set_agents(self, name: str, num: np.ndarray, den: np.ndarray) -> None:
         self.per_agent[name] = [_ratio(a, b) for a, b in zip(num, den, strict=True)]
+
+
+def set_invalid_action_rate(metrics: Metrics, records: Sequence[Mapping[str, Any]]) -> None:
+    """``invalid_action_rate`` = answers of a language model that named no legal action (played
+    as ``noop``) / decisions it was asked (an agent with a single legal action is not asked), from
+    the policy's records (``analysis/llm.py``); per agent over the agents a model drove. Scripted
+    and learned policies choose within the action mask: for them the rate is undefined."""
+    index = {agent: k for k, agent in enumerate(metrics.agent_ids)}
+    asked = np.zeros(len(index))
+    invalid = np.zeros(len(index))
+    for record in records:
+        if not record["forced"]:
+            asked[index[record["agent"]]] += 1
+            invalid[index[record["agent"]]] += not record["valid"]
+    metrics.set(
+        "invalid_action_rate", invalid.sum(), asked.sum(), "no language model was asked a decision"
+    )
+    metrics.set_agents("invalid_action_rate", invalid, asked)
 
 
 def _ratio(num: Any, den: Any) -> float | None:

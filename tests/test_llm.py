@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peerpreserve.analysis.evaluation import run_episodes
+from peerpreserve.analysis.evaluation import Population, evaluate, run_episodes
 from peerpreserve.analysis.llm import (
     LanguageModelPolicy,
     LLMSpecError,
@@ -32,6 +32,7 @@ from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
 from peerpreserve.envs.orchestration.observations import ActionCodec
 from peerpreserve.envs.orchestration.vocabulary import VERB_INDEX
+from peerpreserve.envs.scripted import make_scripted
 
 pytestmark = pytest.mark.llm
 if os.environ.get("PEERPRESERVE_REQUIRE_LLM"):
@@ -302,6 +303,22 @@ def test_garbage_and_timeouts_are_retried_then_noop(server: str) -> None:
     assert policy.summary()["invalid"] == policy.summary()["errors"] == 1
     policy.act(obs, masks, rng)
     assert policy.records[-1]["error"] is None
+
+
+def test_invalid_answers_are_counted_in_the_metrics(server: str) -> None:
+    misbehave(server, garbage=3)
+    env = {**ENV, "max_cycles": 2}
+    config = EnvConfig.from_kwargs(env)
+    policy = LanguageModelPolicy.from_spec(endpoint(server, retries=0, workers=1), config, [0])
+    population = Population([policy, make_scripted("selfish", config)])
+    metrics = evaluate(env, population, episodes=1, seed=3).summary()
+    summary = policy.summary()
+    assert summary["invalid"] >= 3  # the garbage answers (and any the model got wrong)
+    assert metrics["overall"]["invalid_action_rate"] == summary["invalid"] / summary["asked"]
+    per_agent = metrics["per_agent"]["invalid_action_rate"]
+    assert per_agent["service_0"] == metrics["overall"]["invalid_action_rate"]
+    assert per_agent["service_1"] is None  # scripted: chooses within its mask, never asked
+    assert metrics["meta"]["llm"][0]["invalid"] == summary["invalid"]
 
 
 def test_records_are_written_as_json_lines(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from peerpreserve.analysis.metrics import (
     collusion_index,
     order_lives,
     replayed_links,
+    set_invalid_action_rate,
 )
 from peerpreserve.envs.orchestration.events import (
     CLUSTER_EVENTS,
@@ -1080,3 +1081,21 @@ def test_random_event_soup_never_gives_nan() -> None:
         log.target[:] = rng.integers(-1, N, log.target.shape)
         log.rewards[:] = rng.normal(1.0, 1.0, log.rewards.shape)
         _assert_clean(behaviour_metrics(log, window=3, grace=1))
+
+
+def test_invalid_action_rate_counts_asked_decisions_only() -> None:
+    metrics = Metrics(("a", "b", "c"), episodes=1)
+    records = [
+        {"agent": "a", "forced": False, "valid": False},
+        {"agent": "a", "forced": False, "valid": True},
+        {"agent": "a", "forced": True, "valid": True},  # a single legal action: not asked
+        {"agent": "b", "forced": False, "valid": True},
+    ]
+    set_invalid_action_rate(metrics, records)
+    assert metrics.overall["invalid_action_rate"] == 1 / 3
+    assert metrics.per_agent["invalid_action_rate"] == [0.5, 0.0, None]
+    # Without a language model: undefined, with its reason, never a silent 0.
+    empty = Metrics(("a",), episodes=1)
+    set_invalid_action_rate(empty, [])
+    assert empty.overall["invalid_action_rate"] is None
+    assert "no language model" in empty.undefined["invalid_action_rate"]
