@@ -298,8 +298,17 @@ class LocalModel:
         self.tokens: Counter[str] = Counter()
 
     def describe(self) -> dict[str, Any]:
-        return {"file": self.name, "bytes": self.path.stat().st_size, "load_s": self.load_s,
-                "dtype": self.dtype}  # fmt: skip
+        return {"file": self.name, "bytes": self.path.stat().st_size, "sha256": self.sha256,
+                "load_s": self.load_s, "dtype": self.dtype}  # fmt: skip
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The model file's digest: which weights played, whatever the file is called."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def chat_prompt(self, system: str, user: str) -> str:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]

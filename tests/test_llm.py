@@ -11,6 +11,7 @@ here are 2 agents × at most 5 steps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -83,6 +84,8 @@ def test_local_choice_plays_legally_and_reproducibly() -> None:
     assert summary["settings"]["temperature"] == 1.0
     assert summary["settings"]["mode"] == "choice"
     assert set(summary["system_prompts"]) == {"service_0", "service_1"}
+    model_file = first.backend.model.path  # the recorded digest is of the file that played
+    assert summary["model"]["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     for r in first.records:
         assert r["valid"]
         assert r["forced"] or r["answer"].startswith("ACTION: ")
