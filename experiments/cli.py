@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--episodes", type=int, default=256, help="episodes of a run's evaluation, if one is run"
     )
+    replay.add_argument(
+        "--policy", dest="policies", action="append", default=[], metavar="[AGENT=]POLICY",
+        help="with a RUN_DIR: evaluate (and replay) these policies in the agents' places, e.g. "
+        "service_0=llm:smollm2 (repeatable; as evaluate --policy)",
+    )  # fmt: skip
     replay.add_argument("--out", type=Path, help="HTML file (default: EVAL_DIR/replay_<K>.html)")
     replay.add_argument("--force", action="store_true", help="overwrite an existing page")
 

@@ -329,12 +329,18 @@ def replay(args: argparse.Namespace) -> int:
 
     source: Path = args.source
     if (source / EVENTS_FILE).is_file():
+        if args.policies:
+            raise RunDirError("--policy: only with a RUN_DIR (an evaluation's policies are set)")
         eval_dir = source
     elif RunDir(source).is_run():
         run = RunDir(source)
         check_env_version(run)
+        config = load_run_config(run)
+        agent_ids = EnvConfig.from_kwargs(config.env).agent_ids
+        policies = {a: p for a, p in parse_assignments(args.policies, agent_ids).items()
+                    if p != LEARNED}  # fmt: skip
         setup_process(1)
-        outcome = evaluate_run(run, EvalRequest(LATEST, episodes=args.episodes))
+        outcome = evaluate_run(run, EvalRequest(LATEST, policies, episodes=args.episodes))
         _report(outcome.label, outcome)
         eval_dir = outcome.path
     else:

@@ -304,6 +304,15 @@ def test_replay_page_from_a_run_and_its_bad_input(runs: Path, tmp_path: Path, ca
     assert not (tmp_path / "x").exists()
     assert main(["replay", str(tmp_path)]) == 2
     assert "neither an evaluation directory" in capsys.readouterr().err
+    # Other policies in the agents' places: evaluated, then replayed.
+    mixed = ["--policy", "service_1=scripted:colluder", "--out", str(tmp_path / "mixed.html")]
+    assert main([*args[:-2], *mixed]) == 0
+    mixed_dir = Path(capsys.readouterr().out.splitlines()[0].split(" ", 1)[1])
+    meta = json.loads((mixed_dir / "metrics.json").read_text())["meta"]
+    assert meta["policies"]["service_1"] == "scripted:colluder"
+    assert meta["policies"]["service_0"] == "learned"
+    assert main(["replay", str(eval_dir), *mixed, "--force"]) == 2
+    assert "--policy: only with a RUN_DIR" in capsys.readouterr().err
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
