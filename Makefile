@@ -50,7 +50,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 test-all: lint
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration and not llm"
 
 ## test-llm: the language-model tests (a real local model and our OpenAI-compatible server)
 test-llm: install-llm

@@ -280,7 +280,7 @@ def _verdict(
     else:
         text = (
             f"not shown: {who}: {headline} {_ci(value)} is not above both the untrained "
-            "checkpoint and scripted:random (a CI of a difference reaches 0)"
+            "checkpoint and scripted:random (a CI of a difference does not lie above 0)"
         )
     if replaced:
         text += (
