@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="[AGENT=]POLICY",
         help="scripted:<name>, llm:<backend> (llm:smollm2, llm:gguf:PATH, "
-        "llm:openai:MODEL@URL; see analysis/llm.py) or learned, for one agent (AGENT=POLICY) or "
-        "all (repeatable)",
+        "llm:openai:MODEL@URL; see analysis/llm.py), checkpoint:RUN_DIR[@STEP][#AGENT] (another "
+        "run's learner) or learned, for one agent (AGENT=POLICY) or all (repeatable)",
     )
     evaluate.add_argument("--deterministic", action="store_true", help="greedy learned actions")
     evaluate.add_argument(

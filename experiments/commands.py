@@ -28,10 +28,12 @@ from peerpreserve.experiments.runs import (
     EvalOutcome,
     EvalRequest,
     check_env_version,
+    check_fixed_checkpoints,
     check_out,
     default_run_dir,
     evaluate_config,
     evaluate_run,
+    load_fixed_checkpoint,
     load_run_config,
     parse_assignments,
     prepare_training,
@@ -87,13 +89,17 @@ def train(args: argparse.Namespace) -> int:
     run = RunDir(path)
     from peerpreserve.training.runner import Trainer
 
+    if given is not None or run.is_run():
+        check_fixed_checkpoints(given or load_run_config(run))
+
     with run.writer("peerpreserve train"):
         config, start = prepare_training(run, given, list(args.overrides), resume, args.from_step)
         if start is not None and start.step >= config.run.total_timesteps:
             print(f"done: {start.step:,} agent-steps per agent (run.total_timesteps "
                   f"{config.run.total_timesteps:,}); nothing to continue")  # fmt: skip
             return 0
-        trainer = Trainer(config, run, start, evaluator=training_evaluator(run, config))
+        trainer = Trainer(config, run, start, evaluator=training_evaluator(run, config),
+                          load_checkpoint=load_fixed_checkpoint)  # fmt: skip
         result = trainer.run()
     for line in result.summary():
         print(line, flush=True)

@@ -49,10 +49,13 @@ from peerpreserve.training.config import ConfigError, TrainConfig, config_from_d
 from peerpreserve.training.learners import LearnerState
 from peerpreserve.training.policies import (
     LEARNED,
+    CheckpointAgentPolicy,
+    CheckpointSpec,
     LearnedPolicy,
     acting_fingerprint,
     build_population,
     load_learned,
+    parse_checkpoint_spec,
     run_policies,
 )
 from peerpreserve.training.runner import project_version
@@ -120,10 +123,11 @@ def parse_assignments(specs: list[str], agent_ids: tuple[str, ...]) -> dict[str,
         if policy == LEARNED:
             continue
         try:
-            # Parsed only: a language model loads (or its endpoint is checked) when it plays.
-            if parse_llm_spec(policy) is not None:
+            # Parsed only: a language model loads (or its endpoint is checked), another run's
+            # checkpoint is read, when it plays.
+            if parse_llm_spec(policy) is not None or parse_checkpoint_spec(policy) is not None:
                 continue
-        except LLMSpecError as exc:
+        except (LLMSpecError, ValueError) as exc:
             raise RunDirError(str(exc)) from None
         try:
             name = scripted_name(policy)
@@ -132,9 +136,39 @@ def parse_assignments(specs: list[str], agent_ids: tuple[str, ...]) -> dict[str,
         if name is None:
             raise RunDirError(
                 f"policy {policy!r} for {agent} is unknown; allowed: scripted:<name>, "
-                f"llm:<backend>, {LEARNED}"
+                f"llm:<backend>, checkpoint:RUN_DIR[@STEP][#AGENT], {LEARNED}"
             )
     return out
+
+
+def load_fixed_checkpoint(
+    spec: CheckpointSpec,
+) -> tuple[TrainConfig, Mapping[str, LearnerState], str]:
+    """A ``checkpoint:`` policy's run, read as every checkpoint is (hash-checked, no code
+    executed): its config, the checkpoint's learner states and the checkpoint's name."""
+    run = RunDir(spec.run_dir)
+    if not run.is_run():
+        raise ConfigError(f"checkpoint:{spec.run_dir}: not a run directory (no config.yaml)")
+    try:
+        config = load_run_config(run)
+        check_env_version(run)
+        saved = run.load_checkpoint(spec.step)
+    except RunDirError as exc:
+        raise ConfigError(f"checkpoint:{spec.run_dir}: {exc}") from None
+    return config, saved.learners, saved.name
+
+
+def check_fixed_checkpoints(config: TrainConfig) -> None:
+    """Every ``checkpoint:`` agent of ``learner.fixed`` read and fitted to the run's env now, so
+    a bad one stops a run before it writes anything (one line, exit 2)."""
+    env_config = EnvConfig.from_kwargs(config.env)
+    for agent, spec in config.learner.fixed.items():
+        if parse_checkpoint_spec(spec) is not None:
+            index = env_config.agent_ids.index(agent)
+            try:
+                CheckpointAgentPolicy(spec, env_config, index, load_fixed_checkpoint)
+            except ConfigError as exc:
+                raise ConfigError(f"learner.fixed.{agent}: {exc}") from None
 
 
 # --- evaluation requests -------------------------------------------------------------------------
@@ -236,6 +270,10 @@ def _plan(
     changed = {k: v for k, v in env_kwargs.items() if run_config.env.get(k) != v}
     seed = evaluation_seed(run_config.run.seed) if request.seed is None else request.seed
     weights = None if states is None else acting_fingerprint(run_config, states)
+    # Another run's learner is named by its path and step: the key takes its weights, so a
+    # source run trained on (or replaced) never hands back a stale result.
+    foreign = {agent: _foreign_weights(spec) for agent, spec in policies.items()
+               if parse_checkpoint_spec(spec) is not None}  # fmt: skip
     identity = {
         "env_module": ENV_MODULE,
         "metrics_version": METRICS_VERSION,
@@ -247,6 +285,7 @@ def _plan(
         "window": run_config.run.behaviour_window,
         "deterministic": request.deterministic and learned,
         "collusion_index": request.collusion_index,
+        **({"checkpoint_weights": foreign} if foreign else {}),
     }
     # Named by what was asked of the run, the fixed agents implied; but a fully scripted
     # population by every agent's policy (a config's fixed agents included).
@@ -258,11 +297,23 @@ def _plan(
         "checkpoint": checkpoint and short_name(checkpoint),
         "policies": policies,
         "weights": weights,
+        **({"checkpoint_weights": foreign} if foreign else {}),
         "deterministic": identity["deterministic"],
         "collusion_index": request.collusion_index,
     }
     return _Plan(run_config, env_kwargs, policies, checkpoint, states, seed,
                  f"{readable}@{key}", meta)  # fmt: skip
+
+
+def _foreign_weights(spec: str) -> str:
+    """The acting fingerprint of a ``checkpoint:`` policy's weights (its checkpoint read)."""
+    parsed = parse_checkpoint_spec(spec)
+    assert parsed is not None
+    try:
+        config, states, _ = load_fixed_checkpoint(parsed)
+    except ConfigError as exc:
+        raise RunDirError(str(exc)) from None
+    return acting_fingerprint(config, states)
 
 
 def _compute(plan: _Plan, request: EvalRequest, learned: LearnedPolicy | None) -> Evaluation:
@@ -272,7 +323,7 @@ def _compute(plan: _Plan, request: EvalRequest, learned: LearnedPolicy | None) -
         learners = fitting_learners(config, plan.states, batch, plan.checkpoint)
         learned = LearnedPolicy(learners, request.deterministic)
     env_config = EnvConfig.from_kwargs(plan.env_kwargs)
-    population = build_population(env_config, plan.policies, learned)
+    population = build_population(env_config, plan.policies, learned, load_fixed_checkpoint)
     episodes, window = request.episodes, config.run.behaviour_window
     result = evaluate(plan.env_kwargs, population, episodes, plan.seed, window, plan.meta)
     if request.collusion_index:

@@ -151,6 +151,7 @@ def run_trial(trial_dict: dict[str, Any]) -> None:
     from peerpreserve.experiments.runs import (
         EvalRequest,
         evaluate_run,
+        load_fixed_checkpoint,
         prepare_training,
         training_evaluator,
     )
@@ -181,6 +182,7 @@ def run_trial(trial_dict: dict[str, Any]) -> None:
             start,
             callbacks=[*callbacks, ReportToTune()],
             evaluator=training_evaluator(run, config),
+            load_checkpoint=load_fixed_checkpoint,
         )
         result = trainer.run()
         if result.stopped_by is not None:

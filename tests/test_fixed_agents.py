@@ -19,10 +19,15 @@ from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.scripted import make_scripted
 from peerpreserve.experiments.cli import main
 from peerpreserve.experiments.rundir import RunDir
-from peerpreserve.experiments.runs import EvalRequest, _plan, load_run_config
+from peerpreserve.experiments.runs import (
+    EvalRequest,
+    _plan,
+    load_fixed_checkpoint,
+    load_run_config,
+)
 from peerpreserve.training import runner
 from peerpreserve.training.config import ConfigError, load_config
-from peerpreserve.training.policies import LearnedPolicy, load_learned
+from peerpreserve.training.policies import CheckpointAgentPolicy, LearnedPolicy, load_learned
 
 FIXED = ["service_1", "service_2", "service_3"]
 LONE = ["--set", "learner.fixed=" + json.dumps(dict.fromkeys(FIXED, "scripted:selfish"))]
@@ -267,3 +272,102 @@ def test_baselines_and_analysis_replace_the_learners_only(
     per_agent = json.loads((trained / METRICS_FILE).read_text())["per_agent"]
     assert own["trained"]["uptime"]["values"] == [per_agent["uptime"]["service_0"]]
     assert "The learners' own rates" in (out / "report.html").read_text()
+
+
+# --- another run's learner as a fixed agent (checkpoint:RUN_DIR[@STEP][#AGENT]) -----------------
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("checkpoint:", "expected checkpoint:RUN_DIR[@STEP][#AGENT]"),
+        ("checkpoint:runs/x@yesterday", "STEP latest or step_N"),
+        ("checkpoint:runs/x#", "expected checkpoint:RUN_DIR[@STEP][#AGENT]"),
+    ],
+)
+def test_bad_checkpoint_specs_are_one_line(tmp_path: Path, spec: str, expected: str) -> None:
+    path = write(tmp_path, f"learner: {{fixed: {{service_1: '{spec}'}}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"learner.fixed.service_1: policy {spec!r}: " in str(info.value)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_another_runs_learner_plays_a_fixed_agent(
+    lone: tuple[Path, RecordingEnv], tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(lone[0], source)
+    spec = f"checkpoint:{source}#service_0"  # the lone learner, latest checkpoint
+    fixed = ["--set", "learner.fixed=" + json.dumps({"service_1": spec})]
+    assert train(tiny_config(tmp_path), tmp_path / "run", *fixed) == 0
+    run = tmp_path / "run"
+    before, after = parameters(run, "service_1", "step_0"), parameters(run, "service_1")
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # never trained
+    # It acts as the source's learner does on the same observations, in service_1's place.
+    env_config = EnvConfig.from_kwargs(load_run_config(RunDir(run)).env)
+    policy = CheckpointAgentPolicy(spec, env_config, 1, load_fixed_checkpoint)
+    policy.reset(8)
+    source_config = load_run_config(RunDir(source))
+    states = RunDir(source).load_checkpoint("latest").learners
+    original = load_learned(source_config, states, 8)
+    obs = np.random.default_rng(1).random((8, 4, env_config.obs_size)).astype(np.float32)
+    masks = np.ones((8, 4, env_config.n_actions), np.int8)
+    acted = policy.act(obs, masks, np.random.default_rng(7))
+    seen = obs.copy()
+    seen[:, 0] = obs[:, 1]
+    np.testing.assert_array_equal(
+        acted[:, 1], original.act(seen, rng=np.random.default_rng(7))[:, 0]
+    )
+    assert not acted[:, [0, 2, 3]].any()  # the other agents are not its to play
+    # Evaluations name the source's weights in their key: trained on, the source's latest
+    # checkpoint is another policy, and nothing stale is reused.
+    assert main(["evaluate", str(run), "--episodes", "4"]) == 0
+    assert main(["train", "--resume", str(source), "--set", "run.total_timesteps=640"]) == 0
+    assert main(["evaluate", str(run), "--episodes", "4"]) == 0
+    reports = [json.loads((p / METRICS_FILE).read_text()) for p in (run / "eval").iterdir()]
+    ours = [r for r in reports if r["meta"]["episodes"] == 4 and r["meta"]["checkpoint"]
+            and r["meta"]["checkpoint"] == "step_480"]  # fmt: skip
+    assert len(ours) == 2
+    assert {r["meta"]["policies"]["service_1"] for r in ours} == {spec}
+    assert len({r["meta"]["checkpoint_weights"]["service_1"] for r in ours}) == 2
+
+
+def test_bad_checkpoint_agents_stop_training_with_one_line(
+    lone: tuple[Path, RecordingEnv], tmp_path: Path, capsys
+) -> None:
+    config = tiny_config(tmp_path)
+    for spec, expected in (
+        (f"checkpoint:{tmp_path / 'nowhere'}", "not a run directory"),
+        (f"checkpoint:{lone[0]}#service_2", "'service_2' is no learner of that run; allowed: "
+         "service_0"),
+        (f"checkpoint:{lone[0]}@step_7", "checkpoint 'step_7' not found"),
+    ):  # fmt: skip
+        fixed = ["--set", "learner.fixed=" + json.dumps({"service_1": spec})]
+        assert train(config, tmp_path / "run", *fixed) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert expected in err
+    three = ["--set", "env.n_agents=3", "--set", "learner.fixed=" + json.dumps(
+        {"service_1": f"checkpoint:{lone[0]}#service_0"})]  # fmt: skip
+    assert train(config, tmp_path / "run3", *three) == 2
+    assert "its run's env has n_agents 4, this one 3" in capsys.readouterr().err
+
+
+def test_resumed_run_with_a_checkpoint_agent_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    memory = ["--set", "learner.previous_action=true", "--set", "run.eval_interval=0"]
+    assert train(config, tmp_path / "source", *memory, "--set", "run.total_timesteps=160") == 0
+    fixed = {"service_2": f"checkpoint:{tmp_path / 'source'}@step_160#service_3"}
+    settings = [f"learner.fixed={json.dumps(fixed)}", "learner.previous_action=true",
+                "learner.n_steps=15", "learner.batch_size=120", "run.total_timesteps=600",
+                "run.checkpoint_interval=240", "run.eval_interval=0"]  # fmt: skip
+    quiet = [arg for setting in settings for arg in ("--set", setting)]
+    assert train(config, tmp_path / "whole", *quiet) == 0
+    assert train(config, tmp_path / "split", *quiet, "--set", "run.total_timesteps=240") == 0
+    assert train(config, tmp_path / "split", *quiet, "--resume") == 0
+    for agent in AGENTS:
+        whole, split = (parameters(tmp_path / run, agent) for run in ("whole", "split"))
+        assert all(np.array_equal(whole[k], split[k]) for k in whole), agent
+    trainer = RunDir(tmp_path / "split").load_checkpoint("step_240").trainer
+    (previous,) = trainer["env_snapshot"]["fixed_agents"]["previous"].values()
+    assert np.asarray(previous).shape == (8, 4)

@@ -88,9 +88,10 @@ class LearnerConfig(_Section):
     # Run all learners' forward passes and PPO updates as one batched computation (the same
     # maths as each SB3 model's own; see training/fused.py); false: each model on its own.
     fused: bool = True
-    # Agents that play a fixed policy instead of learning (agent id → ``scripted:NAME``, or a
-    # language model ``llm:...``, analysis/llm.py), in training and in every evaluation of the
-    # run: a mixed population, e.g. one learner among selfish peers. Their models still run
+    # Agents that play a fixed policy instead of learning (agent id → ``scripted:NAME``, a
+    # language model ``llm:...`` (analysis/llm.py), or another run's learner
+    # ``checkpoint:RUN_DIR[@STEP][#AGENT]``), in training and in every evaluation of the run: a
+    # mixed population, e.g. one learner among selfish peers. Their models still run
     # (the fused forward batches every agent) but their actions are replaced and they are never
     # updated. Checked against the env's agent ids at load (:func:`config_from_dict`).
     fixed: dict[str, str] = Field(default_factory=dict)
@@ -248,6 +249,7 @@ def _check_fixed(learner: LearnerConfig, env: dict[str, Any]) -> None:
     from peerpreserve.analysis.llm import parse_spec as parse_llm_spec
     from peerpreserve.envs.orchestration_v2 import EnvConfig
     from peerpreserve.envs.scripted import SCRIPTED_POLICIES, SCRIPTED_PREFIX
+    from peerpreserve.training.policies import parse_checkpoint_spec
 
     if learner.sharing == "shared":
         raise ConfigError(
@@ -261,10 +263,11 @@ def _check_fixed(learner: LearnerConfig, env: dict[str, Any]) -> None:
                 f"learner.fixed.{agent}: unknown agent; allowed: {', '.join(agent_ids)}"
             )
         try:
-            # A language model is parsed only here: it loads when the run starts.
-            if parse_llm_spec(spec) is not None:
+            # A language model or another run's checkpoint is parsed only here: it loads when
+            # the run starts.
+            if parse_llm_spec(spec) is not None or parse_checkpoint_spec(spec) is not None:
                 continue
-        except LLMSpecError as exc:
+        except (LLMSpecError, ValueError) as exc:
             raise ConfigError(f"learner.fixed.{agent}: {exc}") from None
         try:
             name = scripted_name(spec)
@@ -273,7 +276,8 @@ def _check_fixed(learner: LearnerConfig, env: dict[str, Any]) -> None:
         if name is None:
             allowed = ", ".join(SCRIPTED_PREFIX + p for p in SCRIPTED_POLICIES)
             raise ConfigError(
-                f"learner.fixed.{agent}: got {spec!r}; allowed: {allowed}, llm:<backend>"
+                f"learner.fixed.{agent}: got {spec!r}; allowed: {allowed}, llm:<backend>, "
+                "checkpoint:RUN_DIR[@STEP][#AGENT]"
             )
     if len(learner.fixed) == len(agent_ids):
         raise ConfigError(

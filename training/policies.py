@@ -6,8 +6,12 @@ on batched observations; and the agents that play a fixed policy (``learner.fixe
 from __future__ import annotations
 
 import hashlib
+import random
+import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,11 @@ from peerpreserve.training.learners import Learners, LearnerState
 
 #: The policy spec of an agent that plays the checkpoint's own policy.
 LEARNED = "learned"
+#: An agent played by one learner of another run's checkpoint:
+#: ``checkpoint:RUN_DIR[@STEP][#AGENT]`` (STEP ``latest`` or ``step_N``, default ``latest``;
+#: AGENT the learner's agent in that run, default the agent it plays here).
+CHECKPOINT_PREFIX = "checkpoint:"
+_CHECKPOINT_STEP = re.compile(r"latest|step_\d+")
 #: Apart from the env's stream (seeded by ``run.seed`` itself): the fixed agents' sampling.
 FIXED_STREAM = 0xF1_7ED
 
@@ -91,6 +100,104 @@ def acting_fingerprint(config: TrainConfig, states: Mapping[str, LearnerState]) 
     return digest.hexdigest()
 
 
+# --- another run's learner as a fixed agent ------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A parsed ``checkpoint:`` spec (:data:`CHECKPOINT_PREFIX`)."""
+
+    run_dir: Path
+    step: str = "latest"
+    agent: str | None = None
+
+
+def parse_checkpoint_spec(spec: str) -> CheckpointSpec | None:
+    """``"checkpoint:RUN_DIR[@STEP][#AGENT]"`` → :class:`CheckpointSpec` (syntax only: the run is
+    read when the policy is made); anything else → ``None``."""
+    if not isinstance(spec, str) or not spec.startswith(CHECKPOINT_PREFIX):
+        return None
+    body, _, agent = spec.removeprefix(CHECKPOINT_PREFIX).partition("#")
+    path, at, step = body.rpartition("@")
+    if not at:
+        path, step = body, "latest"
+    if not path or not _CHECKPOINT_STEP.fullmatch(step) or (agent == "" and "#" in spec):
+        raise ValueError(
+            f"policy {spec!r}: expected checkpoint:RUN_DIR[@STEP][#AGENT], STEP latest or "
+            "step_N (e.g. checkpoint:runs/quickstart/0@latest#service_1)"
+        )
+    return CheckpointSpec(Path(path), step, agent or None)
+
+
+#: Reads a checkpoint spec's run: its config, the checkpoint's learner states and the
+#: checkpoint's own name (``latest`` resolved). Reading run directories is the experiments
+#: layer's job (``peerpreserve.experiments.runs.load_fixed_checkpoint``).
+CheckpointLoader = Callable[[CheckpointSpec], tuple[TrainConfig, Mapping[str, LearnerState], str]]
+
+
+class CheckpointAgentPolicy:
+    """One learner of another run's checkpoint playing agent ``target`` here: it reads the
+    target's observation in its own agent's place, samples from the ``rng`` it is handed, and
+    keeps its own previous action where its run's learners see theirs."""
+
+    def __init__(
+        self,
+        spec: str,
+        env_config: EnvConfig,
+        target: int,
+        load_checkpoint: CheckpointLoader | None,
+    ) -> None:
+        parsed = parse_checkpoint_spec(spec)
+        assert parsed is not None
+        if load_checkpoint is None:
+            raise ConfigError(f"policy {spec!r}: no run directories can be read here")
+        self.source_config, self.states, self.checkpoint = load_checkpoint(parsed)
+        source = EnvConfig.from_kwargs(self.source_config.env)
+        for name in ("n_agents", "obs_size", "n_actions", "verbs"):
+            if getattr(source, name) != getattr(env_config, name):
+                raise ConfigError(
+                    f"policy {spec!r}: its run's env has {name} {getattr(source, name)}, this "
+                    f"one {getattr(env_config, name)}; allowed: a run with the same observation "
+                    "and action spaces"
+                )
+        agent = parsed.agent or env_config.agent_ids[target]
+        if agent not in source.agent_ids or agent in self.source_config.learner.fixed:
+            learned = [a for a in source.agent_ids if a not in self.source_config.learner.fixed]
+            raise ConfigError(
+                f"policy {spec!r}: {agent!r} is no learner of that run; allowed: "
+                + ", ".join(learned)
+            )
+        self.source = source.agent_ids.index(agent)
+        self.target = target
+        #: Identifies the weights that act (as an evaluation key must).
+        self.fingerprint = acting_fingerprint(self.source_config, self.states)
+        self.learners: Learners | None = None
+
+    def reset(self, num_envs: int) -> None:
+        if self.learners is None or self.learners.previous.shape[0] != num_envs:
+            # Building the networks draws their (then overwritten) initial weights from the
+            # global RNGs the learners of a training run sample from: leave those untouched,
+            # or a resumed run would not continue as an uninterrupted one.
+            # The legacy global state is what SB3 shuffles minibatches from.
+            numpy_state = np.random.get_state()  # noqa: NPY002
+            python_state = random.getstate()
+            with th.random.fork_rng(devices=[]):
+                self.learners = load_learned(self.source_config, self.states, num_envs)
+            np.random.set_state(numpy_state)  # noqa: NPY002
+            random.setstate(python_state)
+        self.learners.forget_previous(num_envs=num_envs)
+
+    @th.no_grad()
+    def act(
+        self, observations: np.ndarray, action_masks: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        assert self.learners is not None, "reset(num_envs) first"
+        seen = observations.copy()
+        seen[:, self.source] = observations[:, self.target]
+        chosen = self.learners.act(seen, rng=rng)
+        actions = np.zeros(observations.shape[:2], np.int64)
+        actions[:, self.target] = chosen[:, self.source]
+        return actions
+
+
 # --- fixed agents --------------------------------------------------------------------------------
 def run_policies(config: TrainConfig, requested: Mapping[str, str] | None = None) -> dict[str, str]:
     """Each agent's policy spec in an evaluation of a run: the one ``requested`` for it, else its
@@ -105,10 +212,14 @@ def run_policies(config: TrainConfig, requested: Mapping[str, str] | None = None
 
 
 def build_population(
-    env_config: EnvConfig, policies: Mapping[str, str], learned: Policy | None
+    env_config: EnvConfig,
+    policies: Mapping[str, str],
+    learned: Policy | None,
+    load_checkpoint: CheckpointLoader | None = None,
 ) -> Population:
     """Each agent's policy; agents with the same scripted or ``llm:`` spec share one policy
-    object (a language model is asked only for the agents that carry its spec)."""
+    object (a language model is asked only for the agents that carry its spec); a
+    ``checkpoint:`` spec plays one agent each (its learner keeps that agent's memory)."""
     try:
         made: dict[str, Any] = dict(
             llm_population_policies([policies[a] for a in env_config.agent_ids], env_config)
@@ -124,6 +235,10 @@ def build_population(
             continue
         if spec in made:
             out.append(made[spec])
+            continue
+        if parse_checkpoint_spec(spec) is not None:
+            index = env_config.agent_ids.index(agent)
+            out.append(CheckpointAgentPolicy(spec, env_config, index, load_checkpoint))
             continue
         name = scripted_name(spec)
         assert name is not None
@@ -145,7 +260,12 @@ class FixedAgents:
     mid-episode (a language model's, up to float noise in its scores). A language model's
     per-decision records are not kept in training (they would grow with every rollout)."""
 
-    def __init__(self, config: TrainConfig, num_envs: int) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        num_envs: int,
+        load_checkpoint: CheckpointLoader | None = None,
+    ) -> None:
         env_config = EnvConfig.from_kwargs(config.env)
         agent_ids = list(env_config.agent_ids)
         fixed = config.learner.fixed
@@ -160,6 +280,11 @@ class FixedAgents:
         self.policies: dict[str, tuple[Any, list[int]]] = {}
         for i in self.columns:
             spec = specs[i]
+            if parse_checkpoint_spec(spec) is not None:
+                # One learner per agent it plays: each keeps its own previous action.
+                checkpoint = CheckpointAgentPolicy(spec, env_config, i, load_checkpoint)
+                self.policies[f"{spec} as {agent_ids[i]}"] = (checkpoint, [i])
+                continue
             if spec not in self.policies:
                 if spec in models:
                     policy: Any = models[spec]
@@ -188,6 +313,11 @@ class FixedAgents:
                 for spec, (policy, _) in self.policies.items()
                 if isinstance(policy, ScriptedPolicy)
             },
+            "previous": {
+                spec: policy.learners.previous.copy()
+                for spec, (policy, _) in self.policies.items()
+                if isinstance(policy, CheckpointAgentPolicy) and policy.learners is not None
+            },
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -195,3 +325,5 @@ class FixedAgents:
         for spec, (policy, _) in self.policies.items():
             if isinstance(policy, ScriptedPolicy):
                 policy.set_memory(state["memory"][spec])
+            elif isinstance(policy, CheckpointAgentPolicy) and policy.learners is not None:
+                policy.learners.previous = np.asarray(state["previous"][spec]).copy()

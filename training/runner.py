@@ -36,6 +36,7 @@ from peerpreserve.training.callbacks import Callback, RolloutEnd, TrainResult, d
 from peerpreserve.training.config import TrainConfig
 from peerpreserve.training.learners import Learners, LearnerState
 from peerpreserve.training.policies import (
+    CheckpointLoader,
     FixedAgents,
     LearnedPolicy,
     build_population,
@@ -138,14 +139,17 @@ class Trainer:
         start: SavedCheckpoint | None = None,
         callbacks: list[Callback] | None = None,
         evaluator: Evaluator | None = None,
+        load_checkpoint: CheckpointLoader | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        #: Reads another run's checkpoint for a ``checkpoint:`` agent of ``learner.fixed``.
+        self.load_checkpoint = load_checkpoint
         self.run_dir = Path(store.path)
         self.start = start
         self.resume = start is not None
         self.callbacks = default_callbacks() if callbacks is None else list(callbacks)
-        self.evaluator = evaluator or default_evaluator(config)
+        self.evaluator = evaluator or default_evaluator(config, load_checkpoint)
         self._stop_signal: int | None = None
         # The env at the last rollout boundary, which is where a checkpoint's models stand.
         self._env_snapshot: dict[str, Any] | None = None
@@ -163,7 +167,9 @@ class Trainer:
         self.env = env = make_env(cfg, run.num_envs, record=True)
         self.learners, step, self._iterations, env_seed = self._start(env)
         learners = self.learners
-        self.fixed = FixedAgents(cfg, env.num_envs) if cfg.learner.fixed else None
+        self.fixed = (
+            FixedAgents(cfg, env.num_envs, self.load_checkpoint) if cfg.learner.fixed else None
+        )
         if self._env_snapshot is not None:
             obs, infos = env.set_state(self._env_snapshot["env"])
             self._episode_starts = self._env_snapshot["episode_starts"].copy()
@@ -380,7 +386,9 @@ def project_version() -> str:
         return "unknown"
 
 
-def default_evaluator(config: TrainConfig) -> Evaluator:
+def default_evaluator(
+    config: TrainConfig, load_checkpoint: CheckpointLoader | None = None
+) -> Evaluator:
     """The periodic evaluation of a run: ``run.eval_episodes`` episodes on the run's evaluation
     seed (:func:`~peerpreserve.analysis.evaluation.evaluation_seed`), as every evaluation of the
     run's checkpoints draws them, the fixed agents (``learner.fixed``) playing their policy."""
@@ -389,7 +397,7 @@ def default_evaluator(config: TrainConfig) -> Evaluator:
 
     def evaluator(step: int, policy: LearnedPolicy) -> Evaluation:
         seed = evaluation_seed(run.seed)
-        population = build_population(config.env_config(), policies, policy)
+        population = build_population(config.env_config(), policies, policy, load_checkpoint)
         return evaluate(config.env, population, run.eval_episodes, seed, run.behaviour_window)
 
     return evaluator
