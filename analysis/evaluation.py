@@ -182,8 +182,10 @@ def evaluate(
     language_models = list(
         {id(p): p for p in members if isinstance(p, LanguageModelPolicy)}.values()
     )
-    set_invalid_action_rate(metrics, [r for p in language_models for r in p.records])
     if language_models:
+        # Not an event: what the models answered. Only where one played, so that every other
+        # metrics.json stays a pure function of its events.npz.
+        set_invalid_action_rate(metrics, [r for p in language_models for r in p.records])
         # Settings and counts in metrics.json; prompts and answers in the records files.
         info["llm"] = [
             {"records": LLM_RECORDS_FILE.format(k),
