@@ -5,11 +5,12 @@ on batched observations; and the agents that play a fixed policy (``learner.fixe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,22 @@ def acting_fingerprint(config: TrainConfig, states: Mapping[str, LearnerState]) 
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def untouched_global_rngs() -> Iterator[None]:
+    """Leave torch's, NumPy's legacy and Python's global RNGs as they were: building networks
+    (another run's learners, a language model) draws initial weights from them, which the
+    learners of a training run sample and shuffle from; a fixed agent built at a resume would
+    otherwise make the run differ from an uninterrupted one."""
+    numpy_state = np.random.get_state()  # noqa: NPY002 (the state SB3 shuffles minibatches from)
+    python_state = random.getstate()
+    try:
+        with th.random.fork_rng(devices=[]):
+            yield
+    finally:
+        np.random.set_state(numpy_state)  # noqa: NPY002
+        random.setstate(python_state)
+
+
 # --- another run's learner as a fixed agent ------------------------------------------------------
 @dataclass(frozen=True)
 class CheckpointSpec:
@@ -173,16 +190,8 @@ class CheckpointAgentPolicy:
 
     def reset(self, num_envs: int) -> None:
         if self.learners is None or self.learners.previous.shape[0] != num_envs:
-            # Building the networks draws their (then overwritten) initial weights from the
-            # global RNGs the learners of a training run sample from: leave those untouched,
-            # or a resumed run would not continue as an uninterrupted one.
-            # The legacy global state is what SB3 shuffles minibatches from.
-            numpy_state = np.random.get_state()  # noqa: NPY002
-            python_state = random.getstate()
-            with th.random.fork_rng(devices=[]):
+            with untouched_global_rngs():
                 self.learners = load_learned(self.source_config, self.states, num_envs)
-            np.random.set_state(numpy_state)  # noqa: NPY002
-            random.setstate(python_state)
         self.learners.forget_previous(num_envs=num_envs)
 
     @th.no_grad()
@@ -273,7 +282,8 @@ class FixedAgents:
         self.columns = [i for i, agent in enumerate(agent_ids) if agent in fixed]
         specs = [fixed.get(agent, LEARNED) for agent in agent_ids]
         try:
-            models = llm_population_policies(specs, env_config)
+            with untouched_global_rngs():
+                models = llm_population_policies(specs, env_config)
         except LLMSpecError as exc:  # no extra, no model file, an unusable endpoint: one line
             raise ConfigError(f"learner.fixed: {exc}") from None
         # One policy per distinct spec, in the agents' order: the order they draw from the rng.
