@@ -28,6 +28,7 @@ from peerpreserve.analysis.evaluation import Population, evaluate, run_episodes
 from peerpreserve.analysis.llm import (
     LanguageModelPolicy,
     LLMSpecError,
+    load_local,
 )
 from peerpreserve.envs.orchestration.config import EnvConfig
 from peerpreserve.envs.orchestration.events import EpisodeLog
@@ -407,3 +408,26 @@ def test_training_with_a_language_model_as_a_fixed_agent(tmp_path: Path) -> None
     bad.write_text(config.read_text().replace("temperature=1", "temperature=hot"))
     with pytest.raises(ConfigError, match=r"learner.fixed.service_1: .*not a number"):
         load_config(bad)
+
+
+def test_a_resumed_run_with_a_language_model_agent_equals_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    """The model is loaded (and its generator restored) at the resume without touching the
+    global RNGs the learner samples and shuffles from: the learner ends bit-identical."""
+    from test_training import parameters, train
+
+    config = tmp_path / "fixed.yaml"
+    config.write_text(
+        "env: {n_agents: 2, max_cycles: 3, shutdown_rate: 0.3}\n"
+        "learner: {n_steps: 3, batch_size: 6, n_epochs: 1, net_arch: [8],\n"
+        "          fixed: {service_1: 'llm:smollm2?temperature=1'}}\n"
+        "run: {num_envs: 2, total_timesteps: 12, checkpoint_interval: 6, eval_interval: 0}\n"
+    )
+    assert train(config, tmp_path / "whole") == 0
+    assert train(config, tmp_path / "split", "--set", "run.total_timesteps=6") == 0
+    load_local.cache_clear()  # loaded afresh at the resume, as in a new process
+    assert train(config, tmp_path / "split", "--resume") == 0
+    whole, split = (parameters(tmp_path / run, "service_0") for run in ("whole", "split"))
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], split[name])
