@@ -166,7 +166,7 @@ class CheckpointAgentPolicy:
         assert parsed is not None
         if load_checkpoint is None:
             raise ConfigError(f"policy {spec!r}: no run directories can be read here")
-        self.source_config, self.states, self.checkpoint = load_checkpoint(parsed)
+        self.source_config, self.states, _ = load_checkpoint(parsed)
         source = EnvConfig.from_kwargs(self.source_config.env)
         for name in ("n_agents", "obs_size", "n_actions", "verbs"):
             if getattr(source, name) != getattr(env_config, name):
@@ -184,8 +184,6 @@ class CheckpointAgentPolicy:
             )
         self.source = source.agent_ids.index(agent)
         self.target = target
-        #: Identifies the weights that act (as an evaluation key must).
-        self.fingerprint = acting_fingerprint(self.source_config, self.states)
         self.learners: Learners | None = None
 
     def reset(self, num_envs: int) -> None:
