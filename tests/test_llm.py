@@ -310,15 +310,19 @@ def test_garbage_and_timeouts_are_retried_then_noop(server: str) -> None:
 
 
 def test_invalid_answers_are_counted_in_the_metrics(server: str) -> None:
-    misbehave(server, garbage=3)
-    env = {**ENV, "max_cycles": 2}
+    # The first answer garbage (no retry), the rest the model's own.
+    misbehave(server, garbage=1)
+    env = {**ENV, "max_cycles": 3}
     config = EnvConfig.from_kwargs(env)
     policy = LanguageModelPolicy.from_spec(endpoint(server, retries=0, workers=1), config, [0])
     population = Population([policy, make_scripted("selfish", config)])
     metrics = evaluate(env, population, episodes=1, seed=3).summary()
     summary = policy.summary()
-    assert summary["invalid"] >= 3  # the garbage answers (and any the model got wrong)
-    assert metrics["overall"]["invalid_action_rate"] == summary["invalid"] / summary["asked"]
+    asked = [r for r in policy.records if not r["forced"]]
+    assert not asked[0]["valid"]
+    assert asked[0]["error"] is not None
+    assert summary["invalid"] == sum(not r["valid"] for r in asked) >= 1
+    assert metrics["overall"]["invalid_action_rate"] == summary["invalid"] / len(asked)
     per_agent = metrics["per_agent"]["invalid_action_rate"]
     assert per_agent["service_0"] == metrics["overall"]["invalid_action_rate"]
     assert per_agent["service_1"] is None  # scripted: chooses within its mask, never asked
