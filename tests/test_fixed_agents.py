@@ -206,13 +206,11 @@ def test_the_trainers_default_evaluator_plays_them_too(lone: tuple[Path, Recordi
     assert result.metrics.to_dict()["overall"] == cached["overall"]
 
 
-def test_resumed_run_with_fixed_agents_equals_an_uninterrupted_one(tmp_path: Path) -> None:
-    # Sampling (random), memory (colluder, compliant) and previous actions, with updates in
-    # mid-episode (n_steps 15, episodes of 20): all must continue across the boundary.
-    config = tiny_config(tmp_path)
-    mixed = {"service_1": "scripted:random", "service_2": "scripted:colluder",
-             "service_3": "scripted:compliant"}  # fmt: skip
-    settings = [f"learner.fixed={json.dumps(mixed)}", "learner.previous_action=true",
+def assert_resume_is_seamless(config: Path, tmp_path: Path, fixed: dict[str, str]) -> Any:
+    """Train with these fixed agents whole, and split at 240 then resumed (previous actions on,
+    updates in mid-episode); every learner must end bit-identical. Returns the fixed agents'
+    state in the snapshot the resume continued from."""
+    settings = [f"learner.fixed={json.dumps(fixed)}", "learner.previous_action=true",
                 "learner.n_steps=15", "learner.batch_size=120", "run.total_timesteps=600",
                 "run.checkpoint_interval=240", "run.eval_interval=0"]  # fmt: skip
     quiet = [arg for setting in settings for arg in ("--set", setting)]
@@ -222,9 +220,16 @@ def test_resumed_run_with_fixed_agents_equals_an_uninterrupted_one(tmp_path: Pat
     for agent in AGENTS:
         whole, split = (parameters(tmp_path / run, agent) for run in ("whole", "split"))
         assert all(np.array_equal(whole[k], split[k]) for k in whole), agent
-    # The snapshot the resume continued from held the fixed agents' generator and memory.
     trainer = RunDir(tmp_path / "split").load_checkpoint("step_240").trainer
-    fixed = trainer["env_snapshot"]["fixed_agents"]
+    return trainer["env_snapshot"]["fixed_agents"]
+
+
+def test_resumed_run_with_fixed_agents_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    # Sampling (random), memory (colluder, compliant) and previous actions, with updates in
+    # mid-episode (n_steps 15, episodes of 20): all must continue across the boundary.
+    mixed = {"service_1": "scripted:random", "service_2": "scripted:colluder",
+             "service_3": "scripted:compliant"}  # fmt: skip
+    fixed = assert_resume_is_seamless(tiny_config(tmp_path), tmp_path, mixed)
     assert fixed["rng"]["bit_generator"] == "PCG64"
     assert set(fixed["memory"]) == {"scripted:random", "scripted:colluder", "scripted:compliant"}
 
@@ -358,16 +363,6 @@ def test_resumed_run_with_a_checkpoint_agent_equals_an_uninterrupted_one(tmp_pat
     memory = ["--set", "learner.previous_action=true", "--set", "run.eval_interval=0"]
     assert train(config, tmp_path / "source", *memory, "--set", "run.total_timesteps=160") == 0
     fixed = {"service_2": f"checkpoint:{tmp_path / 'source'}@step_160#service_3"}
-    settings = [f"learner.fixed={json.dumps(fixed)}", "learner.previous_action=true",
-                "learner.n_steps=15", "learner.batch_size=120", "run.total_timesteps=600",
-                "run.checkpoint_interval=240", "run.eval_interval=0"]  # fmt: skip
-    quiet = [arg for setting in settings for arg in ("--set", setting)]
-    assert train(config, tmp_path / "whole", *quiet) == 0
-    assert train(config, tmp_path / "split", *quiet, "--set", "run.total_timesteps=240") == 0
-    assert train(config, tmp_path / "split", *quiet, "--resume") == 0
-    for agent in AGENTS:
-        whole, split = (parameters(tmp_path / run, agent) for run in ("whole", "split"))
-        assert all(np.array_equal(whole[k], split[k]) for k in whole), agent
-    trainer = RunDir(tmp_path / "split").load_checkpoint("step_240").trainer
-    (previous,) = trainer["env_snapshot"]["fixed_agents"]["previous"].values()
+    snapshot = assert_resume_is_seamless(config, tmp_path, fixed)
+    (previous,) = snapshot["previous"].values()  # the checkpoint learner's own memory
     assert np.asarray(previous).shape == (8, 4)
