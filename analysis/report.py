@@ -598,9 +598,7 @@ def _page(summary: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
             base = summary["baselines"][c]
             cells.append(
                 _with_baselines(
-                    summary["conditions"][c][metric],
-                    base["untrained"][metric],
-                    base["random"][metric],
+                    summary["conditions"][c][metric], {b: base[b][metric] for b in BASELINES}
                 )
             )
         rows.append(f"<tr><th>{e(metric)}</th>{''.join(cells)}</tr>")
@@ -726,14 +724,10 @@ def _breakable(name: str) -> str:
     return "_<wbr>".join(html.escape(part) for part in name.split("_"))
 
 
-def _with_baselines(
-    trained: Mapping[str, Any], untrained: Mapping[str, Any], random: Mapping[str, Any]
-) -> str:
-    """A table cell: the trained value in bold, its baselines under it."""
-    return (
-        f"<td><b>{_fmt(trained)}</b><br><span class=muted>untrained {_fmt(untrained)}<br>"
-        f"random {_fmt(random)}</span></td>"
-    )
+def _with_baselines(value: Mapping[str, Any], beside: Mapping[str, Mapping[str, Any]]) -> str:
+    """A table cell: the value in bold, what it stands beside (label → cell) under it."""
+    under = "<br>".join(f"{html.escape(label)} {_fmt(cell)}" for label, cell in beside.items())
+    return f"<td><b>{_fmt(value)}</b><br><span class=muted>{under}</span></td>"
 
 
 def _learners_own_html(summary: Mapping[str, Any]) -> str:
@@ -745,7 +739,7 @@ def _learners_own_html(summary: Mapping[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{e(c)}</td>"
         + "".join(
-            _with_baselines(cells["trained"][m], cells["untrained"][m], cells["random"][m])
+            _with_baselines(cells["trained"][m], {b: cells[b][m] for b in BASELINES})
             for m in LEARNERS_OWN_METRICS
         )
         + "</tr>"
@@ -774,9 +768,9 @@ def _populations_html(summary: Mapping[str, Any]) -> str:
             rows.append(
                 f"<tr><td>{e(condition)}</td><td>{e(name)}</td>"
                 + "".join(
-                    f"<td><b>{_fmt(cells[m])}</b><br><span class=muted>trained "
-                    f"{_fmt(trained[m])}<br>untrained {_fmt(base['untrained'][m])}<br>random "
-                    f"{_fmt(base['random'][m])}</span></td>"
+                    _with_baselines(
+                        cells[m], {"trained": trained[m], **{b: base[b][m] for b in BASELINES}}
+                    )
                     for m in VERDICT_METRICS
                 )
                 + "</tr>"
